@@ -1,0 +1,1 @@
+"""Plumbing every mediacdn service shares: errors, problem+json, logging, hashing, runner."""

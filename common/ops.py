@@ -1,0 +1,35 @@
+"""/healthz, /readyz and /metrics: the same three routes on every service."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+ReadyCheck = Callable[[web.Application], Awaitable[str | None]]
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+READY_CHECK = web.AppKey("ready_check", object)
+
+
+def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+    app[REGISTRY] = registry
+    app[READY_CHECK] = ready
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reason = await ready(request.app)
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,50 @@
+"""Run one aiohttp app until SIGINT/SIGTERM, announcing `SERVICE NAME URL` once it listens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+log = logging.getLogger("mediacdn.serve")
+
+
+def announce(service: str, name: str, url: str) -> None:
+    # The supervisor (`mediacdn up`) and tests read this line to learn a child is ready.
+    sys.stdout.write(f"{service} {name} {url}\n")
+    sys.stdout.flush()
+
+
+async def serve(app: web.Application, *, service: str, name: str, host: str, port: int,
+                sock: socket.socket | None = None, reuse_port: bool = False,
+                shutdown_timeout: float = 10.0) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None,
+                               shutdown_timeout=shutdown_timeout)
+        await site.start()
+        bound = runner.addresses[0]
+        announce(service, name, f"http://{bound[0]}:{bound[1]}")
+        log.info("%s %s listening on %s:%s", service, name, bound[0], bound[1])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("%s %s draining", service, name)
+    finally:
+        # Stops accepting, lets in-flight requests finish (bounded), then runs cleanup_ctx.
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+
+

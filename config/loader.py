@@ -1,0 +1,320 @@
+"""`load_config(path, environ)`: parse TOML once, validate everything, fail naming the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from common.errors import ConfigError
+from config.schema import (
+    FORMATS,
+    Config,
+    EdgeNode,
+    EdgeSettings,
+    IngestConfig,
+    OriginConfig,
+    Region,
+    RouterConfig,
+    Secrets,
+    TranscodeConfig,
+    Variant,
+)
+from config.table import Table
+
+DEFAULT_CONFIG_PATH = Path("config/local.toml")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+COUNTRY_RE = re.compile(r"[A-Z]{2}")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def resolve_config_path(path: str | Path | None, environ: Mapping[str, str]) -> Path:
+    """--config, else $MEDIACDN_CONFIG, else config/local.toml here, else the packaged one."""
+    if path:
+        return Path(path)
+    if environ.get("MEDIACDN_CONFIG"):
+        return Path(environ["MEDIACDN_CONFIG"])
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return Path(__file__).with_name("local.toml")
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
+    cfg_path = resolve_config_path(path, environ)
+    try:
+        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {cfg_path}") from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {cfg_path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{cfg_path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{cfg_path} is not UTF-8 text") from None
+    return parse_config(raw, environ, cfg_path)
+
+
+def parse_config(raw: object, environ: Mapping[str, str], path: Path) -> Config:
+    root = Table(raw, "")
+    log_level = root.text("log_level", "info", choices=LOG_LEVELS)
+    secrets = _secrets(root.table("secrets"), environ)
+    origin = _origin(root.table("origin"), environ)
+    ingest = _ingest(root.table("ingest"))
+    transcode = _transcode(root.table("transcode"))
+    edge = _edge_settings(root.table("edge"))
+    edges = [_edge_node(t, edge) for t in root.tables("edges")]
+    regions = _regions(root.tables("regions"), edges)
+    router = _router(root.table("router"), regions)
+    root.done()
+    cfg = Config(
+        path=path,
+        secrets=secrets,
+        origin=origin,
+        ingest=_with_public_base(ingest, router),
+        transcode=transcode,
+        edge=edge,
+        regions=regions,
+        router=router,
+        log_level=log_level,
+    )
+    _check_ports(cfg)
+    return cfg
+
+
+def _env_name(t: Table, name: str, default: str) -> str:
+    value: str = t.text(name, default)
+    if not ENV_RE.fullmatch(value):
+        raise ConfigError(t.key(name), f"is not an environment variable name: {value!r}")
+    return value
+
+
+def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
+    api_env = _env_name(t, "api_key_env", "MEDIACDN_API_KEY")
+    admin_env = _env_name(t, "admin_token_env", "MEDIACDN_ADMIN_TOKEN")
+    t.done()
+    api_key = environ.get(api_env) or None
+    admin_token = environ.get(admin_env) or None
+    for env, value in ((api_env, api_key), (admin_env, admin_token)):
+        if value is not None and len(value) < 16:
+            raise ConfigError(env, "secret must be at least 16 characters")
+    if api_key is not None and api_key == admin_token:
+        raise ConfigError(admin_env, "must differ from the upload API key")
+    return Secrets(api_env, admin_env, api_key, admin_token)
+
+
+def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
+    kind = t.text("kind", "fs", choices=("fs", "s3"))
+    path = Path(t.text("path", "var/origin"))
+    bucket = t.text("bucket", "mediacdn")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(t.key("bucket"), f"is not a valid S3 bucket name: {bucket!r}")
+    endpoint_env = t.text("endpoint_url_env", None)
+    endpoint = t.text("endpoint_url", None)
+    if endpoint_env:
+        endpoint = environ.get(endpoint_env) or endpoint
+    if endpoint is not None and not re.match(r"https?://", endpoint):
+        raise ConfigError(t.key("endpoint_url"), f"must be an http(s) URL, got {endpoint!r}")
+    access_env = _env_name(t, "access_key_env", "AWS_ACCESS_KEY_ID")
+    secret_env = _env_name(t, "secret_key_env", "AWS_SECRET_ACCESS_KEY")
+    cfg = OriginConfig(
+        kind=kind,
+        path=path,
+        bucket=bucket,
+        endpoint_url=endpoint,
+        region=t.text("region", "us-east-1"),
+        access_key=environ.get(access_env) or None,
+        secret_key=environ.get(secret_env) or None,
+        create_bucket=t.flag("create_bucket", True),
+        connect_timeout=t.number("connect_timeout", 2.0, lo=0.01),
+        read_timeout=t.number("read_timeout", 10.0, lo=0.01),
+        max_attempts=t.integer("max_attempts", 3, lo=1, hi=10),
+        max_pool_connections=t.integer("max_pool_connections", 32, lo=1, hi=1024),
+    )
+    t.done()
+    return cfg
+
+
+def _ingest(t: Table) -> IngestConfig:
+    cfg = IngestConfig(
+        host=t.text("host", "127.0.0.1"),
+        port=t.integer("port", 8001, lo=0, hi=65535),
+        public_base_url=t.text("public_base_url", None) or "",
+        max_bytes=t.integer("max_bytes", 50 * 1024 * 1024, lo=1),
+        max_pixels=t.integer("max_pixels", 50_000_000, lo=1),
+        max_dimension=t.integer("max_dimension", 16384, lo=1, hi=65535),
+        max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
+        spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
+    )
+    t.done()
+    return cfg
+
+
+def _variant(t: Table) -> Variant:
+    name = t.text("name")
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
+    crop = t.text("crop", "none", choices=("none", "centre", "attention"))
+    height = t.integer("height", None, lo=1, hi=16384)
+    if crop != "none" and height is None:
+        raise ConfigError(t.key("height"), "is required when crop is set")
+    v = Variant(name=name, width=t.integer("width", lo=1, hi=16384), height=height, crop=crop)
+    t.done()
+    return v
+
+
+DEFAULT_LADDER = (
+    Variant("w1080", 1080, None, "none"),
+    Variant("w640", 640, None, "none"),
+    Variant("w320", 320, None, "none"),
+    Variant("s150", 150, 150, "attention"),
+)
+
+
+def _transcode(t: Table) -> TranscodeConfig:
+    variants = tuple(_variant(v) for v in t.tables("variants", [])) or DEFAULT_LADDER
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(t.key("variants"), "variant names must be unique")
+    formats = t.texts("formats", ["webp", "jpg"])
+    if not formats or any(f not in FORMATS for f in formats) or len(set(formats)) != len(formats):
+        raise ConfigError(t.key("formats"), f"must be distinct values among {', '.join(FORMATS)}")
+    cfg = TranscodeConfig(
+        variants=variants,
+        formats=tuple(f for f in FORMATS if f in formats),  # preference order avif > webp > jpg
+        webp_quality=t.integer("webp_quality", 80, lo=1, hi=100),
+        jpeg_quality=t.integer("jpeg_quality", 82, lo=1, hi=100),
+        avif_quality=t.integer("avif_quality", 55, lo=1, hi=100),
+        avif_effort=t.integer("avif_effort", 2, lo=0, hi=9),
+        serve_originals=t.flag("serve_originals", False),
+        threads=t.integer("threads", 2, lo=1, hi=64),
+        deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
+    )
+    t.done()
+    return cfg
+
+
+def _edge_settings(t: Table) -> EdgeSettings:
+    cfg = EdgeSettings(
+        cache_root=Path(t.text("cache_root", "var/cache")),
+        cache_bytes=t.integer("cache_bytes", 1 << 30, lo=1 << 20),
+        memory_bytes=t.integer("memory_bytes", 256 << 20, lo=0),
+        memory_object_bytes=t.integer("memory_object_bytes", 1 << 20, lo=0),
+        negative_ttl=t.number("negative_ttl", 10.0),
+        origin_timeout=t.number("origin_timeout", 5.0, lo=0.05),
+        purge_poll_seconds=t.number("purge_poll_seconds", 2.0, lo=0.05),
+        purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
+        workers=t.integer("workers", 1, lo=1, hi=64),
+    )
+    t.done()
+    return cfg
+
+
+def _edge_node(t: Table, defaults: EdgeSettings) -> EdgeNode:
+    name = t.text("name")
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
+    host = t.text("host", "127.0.0.1")
+    port = t.integer("port", lo=1, hi=65535)
+    node = EdgeNode(
+        name=name,
+        region=t.text("region"),
+        host=host,
+        port=port,
+        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
+        cache_dir=Path(t.text("cache_dir", str(defaults.cache_root / name))),
+        cache_bytes=t.integer("cache_bytes", defaults.cache_bytes, lo=1 << 20),
+        memory_bytes=t.integer("memory_bytes", defaults.memory_bytes, lo=0),
+        workers=t.integer("workers", defaults.workers, lo=1, hi=64),
+    )
+    t.done()
+    return node
+
+
+def _cidr(t: Table, value: str, index: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ConfigError(f"{t.key('cidrs')}[{index}]", f"is not a CIDR: {value!r}") from None
+
+
+def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
+    regions: list[Region] = []
+    for t in tables:
+        name = t.text("name")
+        if not NAME_RE.fullmatch(name):
+            raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
+        if any(r.name == name for r in regions):
+            raise ConfigError(t.key("name"), f"duplicate region {name!r}")
+        countries = t.texts("countries", [])
+        for i, c in enumerate(countries):
+            if not COUNTRY_RE.fullmatch(c):
+                raise ConfigError(f"{t.key('countries')}[{i}]", f"not ISO 3166 alpha-2: {c!r}")
+        lat, lon = t.number("lat", lo=-90.0), t.number("lon", lo=-180.0)
+        if lat > 90 or lon > 180:
+            raise ConfigError(t.key("lat" if lat > 90 else "lon"), "out of range")
+        cidrs = tuple(_cidr(t, c, i) for i, c in enumerate(t.texts("cidrs", [])))
+        mine = tuple(e for e in edges if e.region == name)
+        if not mine:
+            raise ConfigError(t.key("name"), f"region {name!r} has no edges")
+        regions.append(Region(name, lat, lon, countries, cidrs, mine))
+        t.done()
+    if not regions:
+        raise ConfigError("regions", "at least one region is required")
+    known = {r.name for r in regions}
+    seen: set[str] = set()
+    for i, e in enumerate(edges):
+        if e.region not in known:
+            raise ConfigError(f"edges[{i}].region", f"unknown region {e.region!r}")
+        if e.name in seen:
+            raise ConfigError(f"edges[{i}].name", f"duplicate edge {e.name!r}")
+        seen.add(e.name)
+    countries_seen: dict[str, str] = {}
+    for r in regions:
+        for c in r.countries:
+            if c in countries_seen:
+                where = f"{countries_seen[c]} and {r.name}"
+                raise ConfigError("regions.countries", f"{c} is in {where}")
+            countries_seen[c] = r.name
+    return tuple(regions)
+
+
+def _router(t: Table, regions: tuple[Region, ...]) -> RouterConfig:
+    host = t.text("host", "127.0.0.1")
+    port = t.integer("port", 8000, lo=0, hi=65535)
+    default_region = t.text("default_region", regions[0].name)
+    if default_region not in {r.name for r in regions}:
+        raise ConfigError(t.key("default_region"), f"unknown region {default_region!r}")
+    cfg = RouterConfig(
+        host=host,
+        port=port,
+        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
+        default_region=default_region,
+        probe_interval=t.number("probe_interval", 1.0, lo=0.05),
+        probe_timeout=t.number("probe_timeout", 0.5, lo=0.01),
+        fall=t.integer("fall", 2, lo=1, hi=100),
+        rise=t.integer("rise", 2, lo=1, hi=100),
+    )
+    t.done()
+    return cfg
+
+
+def _with_public_base(ingest: IngestConfig, router: RouterConfig) -> IngestConfig:
+    from dataclasses import replace
+
+    return replace(ingest, public_base_url=(ingest.public_base_url or router.url).rstrip("/"))
+
+
+def _check_ports(cfg: Config) -> None:
+    taken: dict[tuple[str, int], str] = {}
+    entries = [("ingest.port", cfg.ingest.host, cfg.ingest.port)]
+    entries.append(("router.port", cfg.router.host, cfg.router.port))
+    entries += [(f"edges.{e.name}.port", e.host, e.port) for e in cfg.edges]
+    for key, host, port in entries:
+        if port == 0:  # 0 = any free port, chosen at bind time (tests)
+            continue
+        if (host, port) in taken:
+            raise ConfigError(key, f"port {port} is already used by {taken[(host, port)]}")
+        taken[(host, port)] = key

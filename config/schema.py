@@ -1,0 +1,158 @@
+"""The config's shape: one frozen dataclass per area. Values are validated by `loader`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+FORMATS = ("avif", "webp", "jpg")
+OriginKind = Literal["fs", "s3"]
+CropMode = Literal["none", "centre", "attention"]
+
+
+@dataclass(frozen=True)
+class Secrets:
+    api_key_env: str
+    admin_token_env: str
+    api_key: str | None
+    admin_token: str | None
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    kind: OriginKind
+    path: Path
+    bucket: str
+    endpoint_url: str | None
+    region: str
+    access_key: str | None
+    secret_key: str | None
+    create_bucket: bool
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+    max_pool_connections: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    width: int
+    height: int | None
+    crop: CropMode
+
+    @property
+    def is_square_crop(self) -> bool:
+        return self.height is not None and self.crop != "none"
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    variants: tuple[Variant, ...]
+    formats: tuple[str, ...]
+    webp_quality: int
+    jpeg_quality: int
+    avif_quality: int
+    avif_effort: int
+    serve_originals: bool
+    threads: int
+    deadline_seconds: float
+
+    def variant(self, name: str) -> Variant | None:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    host: str
+    port: int
+    public_base_url: str
+    max_bytes: int
+    max_pixels: int
+    max_dimension: int
+    max_frames: int
+    spool_bytes: int
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Defaults every edge node takes unless its own table overrides them."""
+
+    cache_root: Path
+    cache_bytes: int
+    memory_bytes: int
+    memory_object_bytes: int
+    negative_ttl: float
+    origin_timeout: float
+    purge_poll_seconds: float
+    purge_retention_seconds: float
+    workers: int
+
+
+@dataclass(frozen=True)
+class EdgeNode:
+    name: str
+    region: str
+    host: str
+    port: int
+    url: str
+    cache_dir: Path
+    cache_bytes: int
+    memory_bytes: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    lat: float
+    lon: float
+    countries: tuple[str, ...]
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    edges: tuple[EdgeNode, ...]
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str
+    port: int
+    url: str
+    default_region: str
+    probe_interval: float
+    probe_timeout: float
+    fall: int
+    rise: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    secrets: Secrets
+    origin: OriginConfig
+    ingest: IngestConfig
+    transcode: TranscodeConfig
+    edge: EdgeSettings
+    regions: tuple[Region, ...]
+    router: RouterConfig
+    log_level: str
+
+    @property
+    def edges(self) -> tuple[EdgeNode, ...]:
+        return tuple(e for r in self.regions for e in r.edges)
+
+    def edge_node(self, name: str) -> EdgeNode | None:
+        for e in self.edges:
+            if e.name == name:
+                return e
+        return None
+
+    def region(self, name: str) -> Region | None:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        return None

@@ -1,0 +1,1 @@
+"""The upload API: validate, hash, transcode and store images at the origin."""

@@ -1,0 +1,62 @@
+"""The ingest service: `create_app(cfg)` builds it; tests and `mediacdn ingest` both use it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from common.access import access_log_middleware
+from common.ops import add_ops_routes
+from common.problem import problem_middleware
+from config.schema import Config
+from ingest import handlers
+from ingest.keys import CONFIG, METRICS, ORIGIN, POOL, IngestMetrics
+from origin import open_origin
+from transcode.pool import WorkerPool, configure_libvips
+
+
+def _metrics(registry: CollectorRegistry) -> IngestMetrics:
+    return IngestMetrics(
+        uploads=Counter("mediacdn_ingest_uploads", "Upload answers by status", ["status"],
+                        registry=registry),
+        bytes_in=Counter("mediacdn_ingest_bytes_received", "Upload bytes accepted",
+                         registry=registry),
+        transcode_seconds=Histogram("mediacdn_ingest_transcode_seconds",
+                                    "Time to build the ladder of one image", registry=registry,
+                                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
+    )
+
+
+def create_app(cfg: Config) -> web.Application:
+    configure_libvips()
+    app = web.Application(middlewares=[access_log_middleware, problem_middleware],
+                          client_max_size=cfg.ingest.max_bytes)
+    app[CONFIG] = cfg
+    registry = CollectorRegistry()
+    app[METRICS] = _metrics(registry)
+
+    async def origin_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_origin(cfg.origin) as origin:
+            app[ORIGIN] = origin
+            yield
+
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = WorkerPool(cfg.transcode.threads)
+        app[POOL] = pool
+        yield
+        pool.close()
+
+    app.cleanup_ctx.extend([origin_ctx, pool_ctx])
+
+    async def ready(app: web.Application) -> str | None:
+        try:
+            await app[ORIGIN].ping()
+        except Exception as exc:  # any failure means "not ready", with the reason
+            return f"origin: {exc}"
+        return None
+
+    add_ops_routes(app, registry, ready)
+    handlers.add_routes(app)
+    return app

@@ -1,0 +1,144 @@
+"""The ingest routes. A request reads top to bottom: auth, body, type, dedupe, transcode, store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pyvips
+from aiohttp import web
+
+from common.auth import require_bearer
+from common.errors import BadRequest, NotFound, ServiceUnavailable, UnprocessableImage
+from common.hashing import is_content_id
+from config.schema import Config
+from ingest import manifest as M
+from ingest.body import Upload, read_upload
+from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
+from ingest.openapi import OPENAPI
+from ingest.store import delete_image, load_manifest, store
+from origin import purgelog
+from transcode.formats import sniff
+from transcode.ladder import Ladder, build
+from transcode.probe import Header, probe
+
+INFLIGHT = web.AppKey("inflight", dict)
+
+
+def add_routes(app: web.Application) -> None:
+    app[INFLIGHT] = {}
+    app.router.add_post("/v1/images", upload)
+    app.router.add_get("/v1/images/{id}", get_manifest, allow_head=False)
+    app.router.add_route("HEAD", "/v1/images/{id}", head_image)
+    app.router.add_delete("/v1/images/{id}", delete)
+    app.router.add_get("/openapi.json", openapi)
+
+
+def _api_key(cfg: Config) -> str:
+    if cfg.secrets.api_key is None:  # refused at start; kept as a guard, never a default
+        raise ServiceUnavailable("no API key configured")
+    return cfg.secrets.api_key
+
+
+def _admin_token(cfg: Config) -> str:
+    if cfg.secrets.admin_token is None:
+        raise ServiceUnavailable("no admin token configured")
+    return cfg.secrets.admin_token
+
+
+def _image_id(request: web.Request) -> str:
+    image_id = request.match_info["id"]
+    if not is_content_id(image_id):
+        raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
+    return image_id
+
+
+def _answer(cfg: Config, manifest: dict[str, Any], status: int) -> web.Response:
+    body = M.with_urls(manifest, cfg.ingest.public_base_url)
+    return web.json_response(body, status=status,
+                             headers={"Location": f"/v1/images/{manifest['id']}"})
+
+
+def _transcode(upload: Upload, cfg: Config) -> tuple[Header, Ladder, float]:
+    """In a worker thread: read, probe the header against the limits, then decode once."""
+    t0 = time.perf_counter()
+    data = upload.read_all()
+    try:
+        header = probe(data, cfg.ingest)
+        ladder = build(data, header, cfg.transcode)
+    except pyvips.Error as exc:  # libvips errors stop here, translated once
+        raise UnprocessableImage("the image could not be decoded") from exc
+    except MemoryError as exc:
+        raise UnprocessableImage("the image needs more memory than allowed") from exc
+    return header, ladder, time.perf_counter() - t0
+
+
+async def upload(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    metrics = request.app[METRICS]
+    require_bearer(request, _api_key(cfg), "API key")
+    body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes)
+    try:
+        sniff(body.head)  # 415 before any decoding work
+        origin = request.app[ORIGIN]
+        if (existing := await load_manifest(origin, body.id)) is not None:
+            metrics.uploads.labels("200").inc()
+            return _answer(cfg, existing, 200)
+        inflight: dict[str, asyncio.Future[dict[str, Any]]] = request.app[INFLIGHT]
+        if body.id in inflight:  # the same bytes are being processed right now
+            manifest = await asyncio.shield(inflight[body.id])
+            return _answer(cfg, manifest, 200)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        inflight[body.id] = fut
+        try:
+            header, ladder, seconds = await request.app[POOL].run(_transcode, body, cfg)
+            metrics.transcode_seconds.observe(seconds)
+            manifest = await store(origin, body, header, ladder)
+            fut.set_result(manifest)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # waiters re-raise it; mark it retrieved for the loop
+            raise
+        finally:
+            del inflight[body.id]
+        metrics.uploads.labels("201").inc()
+        metrics.bytes_in.inc(body.size)
+        return _answer(cfg, manifest, 201)
+    finally:
+        body.close()
+
+
+async def get_manifest(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    image_id = _image_id(request)
+    manifest = await load_manifest(request.app[ORIGIN], image_id)
+    if manifest is None:
+        raise NotFound(f"no image {image_id}")
+    return _answer(cfg, manifest, 200)
+
+
+async def head_image(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    require_bearer(request, _api_key(cfg), "API key")
+    image_id = _image_id(request)
+    if await load_manifest(request.app[ORIGIN], image_id) is None:
+        return web.Response(status=404)
+    return web.Response(status=200)
+
+
+async def delete(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    require_bearer(request, _admin_token(cfg), "admin token")
+    image_id = _image_id(request)
+    origin = request.app[ORIGIN]
+    if await load_manifest(origin, image_id) is None:
+        raise NotFound(f"no image {image_id}")
+    # Record first: even if the delete stops half-way, every edge will drop the id.
+    await purgelog.append(origin, ids=[image_id], reason="delete")
+    await delete_image(origin, image_id)
+    return web.Response(status=204)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)

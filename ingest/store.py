@@ -1,0 +1,61 @@
+"""Store an upload at the origin: original, then every variant, then the manifest.
+
+The manifest goes last, so its presence means the set is complete; a failure part-way
+leaves no manifest and the upload is retried whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.errors import NotFound, OriginTimeout, OriginUnavailable, ServiceUnavailable
+from ingest import manifest as M
+from ingest.body import Upload
+from origin import Origin
+from origin import keys as K
+from transcode.formats import MEDIA_TYPES, SOURCE_MEDIA_TYPES
+from transcode.ladder import Ladder
+from transcode.probe import Header
+
+PARALLEL_PUTS = 4
+
+
+async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
+    try:
+        _, data = await origin.read(K.manifest(image_id))
+    except NotFound:
+        return None
+    return M.decode(data)
+
+
+async def store(origin: Origin, upload: Upload, header: Header, ladder: Ladder) -> dict[str, Any]:
+    manifest = M.build_manifest(upload.id, upload.size, header, ladder)
+    slots = asyncio.Semaphore(PARALLEL_PUTS)
+
+    async def put_variant(e: Any) -> None:
+        async with slots:
+            await origin.put(K.variant(upload.id, e.variant, e.format), e.data,
+                             MEDIA_TYPES[e.format],
+                             {"blake3": e.blake3, "width": str(e.width),
+                              "height": str(e.height)})
+
+    try:
+        await origin.put(K.original(upload.id), upload.open_stream(),
+                         SOURCE_MEDIA_TYPES[header.format], {"blake3": upload.id})
+        await asyncio.gather(*(put_variant(e) for e in ladder.outputs))
+        await origin.put(K.manifest(upload.id), M.encode(manifest), "application/json",
+                         {"blake3": upload.id})
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise ServiceUnavailable(f"the origin could not store the image ({exc.detail}); "
+                                 "nothing was published, retry later",
+                                 headers={"Retry-After": "5"}) from exc
+    return manifest
+
+
+async def delete_image(origin: Origin, image_id: str) -> None:
+    """Manifest first, so a half-done delete never leaves a manifest pointing at nothing."""
+    await origin.delete(K.manifest(image_id))
+    for key in await origin.list(K.variants_prefix(image_id), limit=10_000):
+        await origin.delete(key)
+    await origin.delete(K.original(image_id))

@@ -1,0 +1,67 @@
+"""The durable purge log: one small JSON object per purge or delete, under `purges/`.
+
+Keys sort by time (nanoseconds, zero-padded), so an edge's cursor is simply the last key
+it applied, and "what did I miss" is one list call with StartAfter.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from common.errors import NotFound
+from common.hashing import is_content_id
+from origin import keys as K
+from origin.base import Origin
+
+
+@dataclass(frozen=True)
+class PurgeRecord:
+    key: str
+    ids: tuple[str, ...]
+    all: bool
+    region: str | None
+    reason: str
+    at_ns: int
+
+    def applies_to(self, region: str) -> bool:
+        return self.region is None or self.region == region
+
+
+async def append(origin: Origin, *, ids: list[str], purge_all: bool = False,
+                 region: str | None = None, reason: str = "purge") -> PurgeRecord:
+    if not purge_all and not all(is_content_id(i) for i in ids):
+        raise ValueError("purge records name content ids only")
+    at = time.time_ns()
+    key = K.purge_record(at, secrets.token_hex(4))
+    body = {"ids": ids, "all": purge_all, "region": region, "reason": reason, "at_ns": at}
+    await origin.put(key, json.dumps(body).encode(), "application/json", {})
+    return PurgeRecord(key, tuple(ids), purge_all, region, reason, at)
+
+
+async def read_since(origin: Origin, cursor: str, limit: int = 1000) -> list[PurgeRecord]:
+    records = []
+    for key in await origin.list(K.PURGES_PREFIX, start_after=cursor, limit=limit):
+        try:
+            _, data = await origin.read(key)
+        except NotFound:  # compacted between list and read
+            continue
+        raw = json.loads(data)
+        ids = tuple(i for i in raw.get("ids", []) if isinstance(i, str) and is_content_id(i))
+        records.append(PurgeRecord(key, ids, bool(raw.get("all")), raw.get("region"),
+                                   str(raw.get("reason", "purge")), int(raw.get("at_ns", 0))))
+    return records
+
+
+async def compact(origin: Origin, older_than_seconds: float) -> int:
+    """Drop records older than the retention; an edge down longer than that purges all."""
+    cutoff = K.purge_record(time.time_ns() - int(older_than_seconds * 1e9), "0" * 8)
+    removed = 0
+    for key in await origin.list(K.PURGES_PREFIX, limit=100_000):
+        if key >= cutoff:
+            break
+        await origin.delete(key)
+        removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""The `mediacdn` command and the operator scripts (S3 test server, benchmarks)."""

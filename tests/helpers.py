@@ -1,0 +1,27 @@
+"""Configs for tests: the real default config with test origins, dirs and secrets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from config import Config, load_config
+from config.schema import OriginConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "test-api-key-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ENV = {"MEDIACDN_API_KEY": API_KEY, "MEDIACDN_ADMIN_TOKEN": ADMIN_TOKEN}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def make_config(tmp_path: Path, origin: OriginConfig | None = None) -> Config:
+    cfg = load_config(ROOT / "config/local.toml", ENV)
+    origin = origin or replace(cfg.origin, path=tmp_path / "origin")
+    edges = tuple(replace(e, cache_dir=tmp_path / "cache" / e.name) for e in cfg.edges)
+    regions = tuple(replace(r, edges=tuple(e for e in edges if e.region == r.name))
+                    for r in cfg.regions)
+    return replace(cfg, origin=origin, regions=regions,
+                   edge=replace(cfg.edge, cache_root=tmp_path / "cache"),
+                   ingest=replace(cfg.ingest, max_bytes=8 * 1024 * 1024))

@@ -1,0 +1,72 @@
+"""Real S3-compatible servers for the tests: the one `make test` started, or moto's server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    kind: str  # "ceph", "moto" or "external"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> S3Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            return S3Server(endpoint, "testing", "testing", "moto", proc)
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto server exited at start") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start in 30 s")
+
+
+def suite_server() -> S3Server:
+    endpoint = os.environ.get("MEDIACDN_TEST_S3_ENDPOINT")
+    if endpoint:
+        return S3Server(
+            endpoint,
+            os.environ.get("MEDIACDN_TEST_S3_ACCESS_KEY", "testaccesskey"),
+            os.environ.get("MEDIACDN_TEST_S3_SECRET_KEY", "testsecretkey"),
+            os.environ.get("MEDIACDN_TEST_S3_KIND", "external"),
+        )
+    return start_moto()

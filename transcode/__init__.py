@@ -1,0 +1,1 @@
+"""Turn one uploaded image into the config's ladder of variants, with pyvips, off the loop."""

@@ -1,0 +1,139 @@
+"""The pipeline's small steps: pure functions of an image and options, no I/O.
+
+load (shrink-on-load) -> autorotate -> to sRGB -> resize or crop -> encode (metadata stripped)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyvips
+
+from common.errors import UnprocessableImage
+from config.schema import TranscodeConfig, Variant
+from transcode.formats import SourceFormat
+from transcode.gifcheck import check_gif_complete
+from transcode.probe import Header
+
+# Strict enough to reject truncated and corrupt data, lenient on harmless warnings.
+FAIL_ON = "error"
+
+
+def load(data: bytes, header: Header, need_width: int, need_height: int) -> pyvips.Image:
+    """Decode once, as small as the biggest variant allows, fully into memory.
+
+    The full decode (copy_memory) is also the validation: shrink-on-load views and lazy
+    loads let truncated files through, a complete decode with fail_on does not.
+    """
+    if header.format is SourceFormat.GIF:
+        check_gif_complete(data)
+    options: dict[str, Any] = {"fail_on": FAIL_ON}
+    w, h = header.display_size
+    factor = min(w / max(need_width, 1), h / max(need_height, 1))
+    if header.format is SourceFormat.JPEG and factor >= 2:
+        options["shrink"] = 1 << min(3, int(math.log2(factor)))
+    elif header.format is SourceFormat.WEBP and factor >= 2 and not header.animated:
+        options["scale"] = 1 / factor
+    try:
+        return pyvips.Image.new_from_buffer(data, "", **options).copy_memory()
+    except pyvips.Error as exc:
+        raise UnprocessableImage("the image is corrupt or truncated") from exc
+
+
+def load_frames(data: bytes) -> pyvips.Image:
+    """Every frame of an animation, as one tall image with page-height set."""
+    try:
+        return pyvips.Image.new_from_buffer(data, "", n=-1, fail_on=FAIL_ON).copy_memory()
+    except pyvips.Error as exc:
+        raise UnprocessableImage("the animation is corrupt or truncated") from exc
+
+
+def autorotate(img: pyvips.Image) -> pyvips.Image:
+    return img.autorot() if "orientation" in img.get_fields() else img
+
+
+def to_srgb(img: pyvips.Image) -> pyvips.Image:
+    """8-bit sRGB (with alpha if there was alpha), using the embedded ICC profile if any."""
+    has_icc = "icc-profile-data" in img.get_fields()
+    if has_icc or img.interpretation == "cmyk":
+        try:
+            img = img.icc_transform("srgb", embedded=True, intent="perceptual",
+                                    input_profile="cmyk" if img.interpretation == "cmyk"
+                                    else "srgb", depth=8)
+        except pyvips.Error:
+            # A malformed profile must not sink the upload: fall back to the maths.
+            img = img.copy()
+            img.remove("icc-profile-data")
+            img = img.colourspace("srgb")
+    elif img.interpretation != "srgb":
+        img = img.colourspace("srgb")
+    if img.format != "uchar":
+        img = img.cast("uchar")
+    if img.bands == 2:  # grey+alpha that colourspace left alone
+        img = img.colourspace("srgb")
+    return img
+
+
+def _resize(img: pyvips.Image, width: int, height: int) -> pyvips.Image:
+    hscale, vscale = width / img.width, height / img.height
+    if img.hasalpha():  # premultiply so transparent pixels do not bleed colour into edges
+        out = img.premultiply().resize(hscale, vscale=vscale, kernel="lanczos3")
+        return out.unpremultiply().cast("uchar")
+    return img.resize(hscale, vscale=vscale, kernel="lanczos3")
+
+
+def fit_width(img: pyvips.Image, width: int) -> pyvips.Image:
+    """Fit to `width`, aspect kept, never upscaled."""
+    if img.width <= width:
+        return img
+    height = max(1, round(img.height * width / img.width))
+    return _resize(img, width, height)
+
+
+def square_crop(img: pyvips.Image, v: Variant) -> pyvips.Image:
+    """Cover a width x height box (never upscaling), then crop to it."""
+    assert v.height is not None
+    scale = min(1.0, max(v.width / img.width, v.height / img.height))
+    if scale < 1.0:
+        img = _resize(img, max(v.width, round(img.width * scale)),
+                      max(v.height, round(img.height * scale)))
+    w, h = min(v.width, img.width), min(v.height, img.height)
+    if (w, h) == (img.width, img.height):
+        return img
+    if v.crop == "attention":
+        return img.smartcrop(w, h, interesting="attention")
+    return img.crop((img.width - w) // 2, (img.height - h) // 2, w, h)
+
+
+def resize_for(img: pyvips.Image, v: Variant) -> pyvips.Image:
+    return square_crop(img, v) if v.is_square_crop else fit_width(img, v.width)
+
+
+def strip(img: pyvips.Image) -> pyvips.Image:
+    """Drop every metadata block that is not needed to draw the pixels (GPS must not leak)."""
+    img = img.copy()
+    for name in img.get_fields():
+        if name.startswith(("exif-", "xmp-", "iptc-", "icc-", "jpeg-thumbnail", "orientation",
+                            "gif-comment", "png-comment")):
+            img.remove(name)
+    return img
+
+
+def encode(img: pyvips.Image, fmt: str, cfg: TranscodeConfig) -> bytes:
+    img = strip(img)
+    if fmt == "webp":
+        return bytes(img.webpsave_buffer(Q=cfg.webp_quality, keep="none", effort=4))
+    if fmt == "jpg":
+        if img.hasalpha():
+            img = img.flatten(background=[255, 255, 255])
+        if "page-height" in img.get_fields() and img.get("page-height") < img.height:
+            img = img.crop(0, 0, img.width, img.get("page-height"))
+        return bytes(img.jpegsave_buffer(Q=cfg.jpeg_quality, keep="none", optimize_coding=True,
+                                         interlace=False))
+    if fmt == "avif":
+        if "page-height" in img.get_fields() and img.get("page-height") < img.height:
+            img = img.crop(0, 0, img.width, img.get("page-height"))
+        return bytes(img.heifsave_buffer(Q=cfg.avif_quality, compression="av1",
+                                         effort=cfg.avif_effort, keep="none"))
+    raise ValueError(f"unknown output format {fmt}")
