@@ -20,9 +20,9 @@ HTTP_SLUGS = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
 def problem(status: int, title: str, detail: str, type_uri: str,
             headers: dict[str, str] | None = None) -> web.Response:
     body = {"type": type_uri, "title": title, "status": status, "detail": detail}
-    resp = web.Response(status=status, text=json.dumps(body),
+    # bytes, not text: JSON is UTF-8 by definition (RFC 8259), so no charset parameter.
+    return web.Response(status=status, body=json.dumps(body).encode(),
                         content_type="application/problem+json", headers=headers)
-    return resp
 
 
 def from_error(exc: MediaCDNError) -> web.Response:

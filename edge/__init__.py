@@ -1,0 +1,1 @@
+"""The edge node: serve variants from a two-tier cache, fill misses from the origin, verified."""

@@ -1,0 +1,79 @@
+"""`/_admin/purge` and `/_admin/stats`, behind the admin token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from common.auth import require_bearer
+from common.errors import BadRequest, ServiceUnavailable
+from common.hashing import is_content_id
+from edge.keys import CACHE, CONFIG, NODE, STATS, SYNC
+
+MAX_IDS = 10_000
+
+
+def _admin(request: web.Request) -> None:
+    token = request.app[CONFIG].secrets.admin_token
+    if token is None:
+        raise ServiceUnavailable("no admin token configured")
+    require_bearer(request, token, "admin token")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be JSON: {\"ids\": [...]} or {\"all\": true}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def purge(request: web.Request) -> web.Response:
+    _admin(request)
+    body = await _json_body(request)
+    cache = request.app[CACHE]
+    if body.get("all") is True and not body.get("ids"):
+        return web.json_response({"purged": await cache.purge_all()})
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
+        raise BadRequest(f"'ids' must be a list of 1 to {MAX_IDS} image ids, or send "
+                         "{\"all\": true}")
+    bad = [i for i in ids if not isinstance(i, str) or not is_content_id(i)]
+    if bad:
+        raise BadRequest(f"not image ids: {json.dumps(bad[:5])[:200]}")
+    return web.json_response({"purged": await cache.purge_ids(sorted(set(ids)))})
+
+
+async def stats(request: web.Request) -> web.Response:
+    _admin(request)
+    s = request.app[STATS]
+    cache = request.app[CACHE]
+    entries, volume = await cache.disk_usage()
+    served = s.hits + s.misses
+    return web.json_response({
+        "node": request.app[NODE].name,
+        "region": request.app[NODE].region,
+        "hits": s.hits,
+        "misses": s.misses,
+        "hit_ratio": round(s.hits / served, 4) if served else 0.0,
+        "bytes_served": s.bytes_served,
+        "cache_entries": entries,
+        "cache_bytes": volume,
+        "cache_limit_bytes": request.app[NODE].cache_bytes,
+        "memory_entries": len(cache.memory),
+        "memory_bytes": cache.memory.bytes,
+        "evictions": cache.disk_evictions,
+        "memory_evictions": cache.memory.evictions,
+        "origin_fetches": s.origin_fetches,
+        "peer_fetches": s.peer_fetches,
+        "collapsed_waiters": cache.flight.collapsed,
+        "errors": s.errors,
+        "verify_failures": s.verify_failures,
+        "disk_corrupt": s.disk_corrupt,
+        "negative_hits": s.negative_hits,
+        "purge_records_applied": request.app[SYNC].applied,
+    })

@@ -1,0 +1,95 @@
+"""The edge service: `create_app(cfg, node)`, used by `mediacdn edge` and by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from common.errors import MediaCDNError, NotFound
+from common.ops import add_ops_routes
+from common.problem import from_error, problem_middleware
+from config.schema import Config, EdgeNode
+from edge import admin, handlers
+from edge.keys import CACHE, CONFIG, NODE, STATS, SYNC, TRANSCODE
+from edge.node import EdgeCache
+from edge.openapi import OPENAPI
+from edge.purgesync import PurgeSync
+from edge.stats import EdgeStats, register
+from origin import open_origin
+
+log = logging.getLogger("mediacdn.edge")
+RECENCY_FLUSH_SECONDS = 1.0
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return from_error(NotFound(f"no route {request.path[:200]}"))
+
+
+def create_app(cfg: Config, node: EdgeNode) -> web.Application:
+    # The problem middleware guards admin/ops routes; the media handler renders its own
+    # errors, so a hit pays for no middleware at all (see edge.handlers).
+    app = web.Application(middlewares=[problem_middleware], client_max_size=1 << 20)
+    app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
+    stats = EdgeStats()
+    app[STATS] = stats
+    registry = CollectorRegistry()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        async with open_origin(cfg.origin) as origin:
+            cache = EdgeCache(cfg, node, origin, stats)
+            cache.fetch_seconds = register(registry, stats, cache.gauges, node.name)
+            app[CACHE] = cache
+            sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,
+                             cfg.edge.purge_retention_seconds)
+            app[SYNC] = sync
+            await sync.start()
+            with contextlib.suppress(MediaCDNError, OSError):
+                async with asyncio.timeout(cfg.edge.origin_timeout):
+                    await sync.sync_once()  # catch up before the first request if we can
+            tasks = [asyncio.create_task(sync.poll_forever(cfg.edge.purge_poll_seconds)),
+                     asyncio.create_task(_flush_recency_forever(cache))]
+            try:
+                yield
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await cache.close()
+
+    app.cleanup_ctx.append(resources)
+
+    async def ready(app: web.Application) -> str | None:
+        if not app[SYNC].caught_up:
+            return "catching up on the purge log"
+        try:
+            async with asyncio.timeout(cfg.edge.origin_timeout):
+                await app[CACHE].origin.ping()
+        except Exception as exc:  # any failure means "not ready", with the reason
+            return f"origin: {type(exc).__name__}: {exc}"
+        return None
+
+    add_ops_routes(app, registry, ready)
+    app.router.add_get("/i/{id}/{name}", handlers.media)
+    app.router.add_post("/_admin/purge", admin.purge)
+    app.router.add_get("/_admin/stats", admin.stats)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+async def _flush_recency_forever(cache: EdgeCache) -> None:
+    while True:
+        await asyncio.sleep(RECENCY_FLUSH_SECONDS)
+        try:
+            await cache.flush_recency()
+        except Exception as exc:  # a locked or full disk must not stop the node
+            log.warning("recency flush failed: %s", exc)

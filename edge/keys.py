@@ -1,0 +1,17 @@
+"""Typed keys for what the edge app holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from config.schema import Config, EdgeNode, TranscodeConfig
+from edge.node import EdgeCache
+from edge.purgesync import PurgeSync
+from edge.stats import EdgeStats
+
+CONFIG = web.AppKey("config", Config)
+NODE = web.AppKey("node", EdgeNode)
+TRANSCODE = web.AppKey("transcode", TranscodeConfig)
+STATS = web.AppKey("stats", EdgeStats)
+CACHE = web.AppKey("cache", EdgeCache)
+SYNC = web.AppKey("sync", PurgeSync)

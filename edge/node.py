@@ -1,0 +1,129 @@
+"""One edge node's cache logic: memory tier -> disk tier -> single-flight verified fill.
+
+Everything here is independent of HTTP; `edge.handlers` speaks HTTP around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from prometheus_client import Histogram
+
+from common.errors import IntegrityError, NotFound, OriginTimeout, OriginUnavailable
+from config.schema import Config, EdgeNode
+from edge.disk import CorruptEntry, DiskTier
+from edge.entry import Entry
+from edge.fill import NegativeCache, SingleFlight, fetch_verified
+from edge.memory import MemoryTier
+from edge.stats import EdgeStats
+from origin import Origin
+
+log = logging.getLogger("mediacdn.edge")
+T = TypeVar("T")
+
+
+class EdgeCache:
+    def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats) -> None:
+        self.cfg, self.node, self.origin, self.stats = cfg, node, origin, stats
+        self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes)
+        self.disk = DiskTier(node.cache_dir / "objects", node.cache_bytes)
+        self.negative = NegativeCache(cfg.edge.negative_ttl)
+        self.flight = SingleFlight()
+        self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
+        self.disk_evictions = 0
+        self.fetch_seconds: Histogram | None = None
+
+    async def blocking(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def get(self, key: str) -> tuple[Entry, bool]:
+        """(entry, hit). Raises NotFound, OriginUnavailable/Timeout or IntegrityError."""
+        entry = self.memory.get(key)
+        if entry is not None:
+            self.disk.touch(key)
+            return entry, True
+        try:
+            entry = await self.blocking(self.disk.get, key)
+        except CorruptEntry:
+            self.stats.disk_corrupt += 1
+            log.error("cached entry %s failed its blake3 check; dropped and refetched", key)
+            entry = None
+        if entry is not None:
+            self.memory.put(entry)
+            return entry, True
+        if self.negative.hit(key):
+            self.stats.negative_hits += 1
+            raise NotFound("no such image or variant")
+        entry, _ = await self.flight.run(key, self._fill)
+        return entry, False
+
+    async def _fill(self, key: str) -> Entry:
+        t0 = time.perf_counter()
+        self.stats.origin_fetches += 1
+        try:
+            entry = await fetch_verified(self.origin, key, self.cfg.edge.origin_timeout)
+        except NotFound:
+            self.negative.add(key)
+            raise NotFound("no such image or variant") from None
+        except IntegrityError:
+            self.stats.verify_failures += 1
+            raise
+        except (OriginUnavailable, OriginTimeout):
+            raise
+        finally:
+            if self.fetch_seconds is not None:
+                self.fetch_seconds.observe(time.perf_counter() - t0)
+        await self.store(entry)
+        return entry
+
+    async def store(self, entry: Entry) -> None:
+        self.memory.put(entry)
+        try:
+            self.disk_evictions += await self.blocking(self.disk.put, entry)
+        except Exception as exc:  # disk full or unwritable: serve it anyway, uncached on disk
+            self.stats.disk_write_errors += 1
+            log.error("could not cache %s on disk: %s", entry.key, exc,
+                      extra={"error": type(exc).__name__})
+
+    async def purge_ids(self, ids: list[str]) -> int:
+        removed = 0
+        for image_id in ids:
+            prefix = f"{image_id}/"
+            mem = self.memory.discard_prefix(prefix)
+            disk = await self.blocking(self.disk.delete_prefix, prefix)
+            self.negative.discard_prefix(prefix)
+            removed += max(mem, disk)
+        self.stats.purged += removed
+        return removed
+
+    async def purge_all(self) -> int:
+        count = max(len(self.memory), await self.blocking(self.disk.count))
+        self.memory.clear()
+        self.negative.clear()
+        await self.blocking(self.disk.clear)
+        self.stats.purged += count
+        return count
+
+    async def flush_recency(self) -> None:
+        await self.blocking(self.disk.flush_recency)
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "memory_entries": len(self.memory),
+            "memory_bytes": self.memory.bytes,
+            "memory_evictions": self.memory.evictions,
+            "disk_evictions": self.disk_evictions,
+            "collapsed_waiters": self.flight.collapsed,
+        }
+
+    async def disk_usage(self) -> tuple[int, int]:
+        return await self.blocking(self.disk.count), await self.blocking(self.disk.volume)
+
+    async def close(self) -> None:
+        await self.blocking(self.disk.close)
+        self.io.shutdown(wait=True)
