@@ -59,6 +59,8 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
 
 def parse_config(raw: object, environ: Mapping[str, str], path: Path) -> Config:
     root = Table(raw, "")
+    root.only("log_level", "secrets", "origin", "ingest", "transcode", "edge", "edges",
+              "regions", "router")
     log_level = root.text("log_level", "info", choices=LOG_LEVELS)
     secrets = _secrets(root.table("secrets"), environ)
     origin = _origin(root.table("origin"), environ)
@@ -138,9 +140,12 @@ def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
 
 
 def _ingest(t: Table) -> IngestConfig:
+    host = t.text("host", "127.0.0.1")
+    port = t.integer("port", 8001, lo=0, hi=65535)
     cfg = IngestConfig(
-        host=t.text("host", "127.0.0.1"),
-        port=t.integer("port", 8001, lo=0, hi=65535),
+        host=host,
+        port=port,
+        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
         public_base_url=t.text("public_base_url", None) or "",
         max_bytes=t.integer("max_bytes", 50 * 1024 * 1024, lo=1),
         max_pixels=t.integer("max_pixels", 50_000_000, lo=1),
@@ -153,6 +158,7 @@ def _ingest(t: Table) -> IngestConfig:
 
 
 def _variant(t: Table) -> Variant:
+    t.only("name", "width", "height", "crop")
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
@@ -213,6 +219,8 @@ def _edge_settings(t: Table) -> EdgeSettings:
 
 
 def _edge_node(t: Table, defaults: EdgeSettings) -> EdgeNode:
+    t.only("name", "region", "host", "port", "url", "cache_dir", "cache_bytes", "memory_bytes",
+           "workers")
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
@@ -243,6 +251,7 @@ def _cidr(t: Table, value: str, index: int) -> ipaddress.IPv4Network | ipaddress
 def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
     regions: list[Region] = []
     for t in tables:
+        t.only("name", "lat", "lon", "countries", "cidrs")
         name = t.text("name")
         if not NAME_RE.fullmatch(name):
             raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")

@@ -71,6 +71,7 @@ class TranscodeConfig:
 class IngestConfig:
     host: str
     port: int
+    url: str  # where operators and apps reach it
     public_base_url: str
     max_bytes: int
     max_pixels: int

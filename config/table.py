@@ -85,6 +85,13 @@ class Table:
             raise ConfigError(self.key(name), "must be an array of tables ([[...]])")
         return [Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
 
+    def only(self, *names: str) -> None:
+        """Refuse unknown keys up front, so a typo is named as itself and not as a
+        missing required key."""
+        for name in self._data:
+            if name not in names:
+                raise ConfigError(self.key(name), "unknown key")
+
     def done(self) -> None:
         """Refuse keys nobody read: a typo must not silently fall back to a default."""
         for name in self._data:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -40,8 +41,11 @@ def create_app(cfg: Config, node: EdgeNode) -> web.Application:
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        async with open_origin(cfg.origin) as origin:
+        async with open_origin(cfg.origin) as origin, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), auto_decompress=False
+        ) as session:
             cache = EdgeCache(cfg, node, origin, stats)
+            cache.session = session
             cache.fetch_seconds = register(registry, stats, cache.gauges, node.name)
             app[CACHE] = cache
             sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,

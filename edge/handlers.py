@@ -11,6 +11,7 @@ from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
 from edge.keys import CACHE, STATS, SYNC, TRANSCODE
 from edge.paths import resolve
+from edge.peer import PEER_HEADER
 from edge.respond import respond
 
 log = logging.getLogger("mediacdn.edge.access")
@@ -25,7 +26,8 @@ async def media(request: web.Request) -> web.StreamResponse:
                                      headers={"Retry-After": "1"})
         target = resolve(request.match_info["id"], request.match_info["name"],
                          request.headers.get("Accept", ""), app[TRANSCODE])
-        entry, hit = await app[CACHE].get(target.cache_key)
+        from_peer = PEER_HEADER in request.headers
+        entry, hit = await app[CACHE].get(target.cache_key, from_peer)
     except MediaCDNError as exc:
         if exc.status >= 500:
             stats.errors += 1

@@ -12,14 +12,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import aiohttp
 from prometheus_client import Histogram
 
-from common.errors import IntegrityError, NotFound, OriginTimeout, OriginUnavailable
+from common.errors import IntegrityError, MediaCDNError, NotFound, OriginTimeout, OriginUnavailable
 from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier
 from edge.entry import Entry
 from edge.fill import NegativeCache, SingleFlight, fetch_verified
 from edge.memory import MemoryTier
+from edge.peer import fetch_from_peer
+from edge.rendezvous import owner
 from edge.stats import EdgeStats
 from origin import Origin
 
@@ -37,12 +40,16 @@ class EdgeCache:
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
+        self.session: aiohttp.ClientSession | None = None  # for peer fetches
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def get(self, key: str) -> tuple[Entry, bool]:
-        """(entry, hit). Raises NotFound, OriginUnavailable/Timeout or IntegrityError."""
+    async def get(self, key: str, from_peer: bool = False) -> tuple[Entry, bool]:
+        """(entry, hit). Raises NotFound, OriginUnavailable/Timeout or IntegrityError.
+
+        `from_peer`: the request came from another edge, so fill from the origin only.
+        """
         entry = self.memory.get(key)
         if entry is not None:
             self.disk.touch(key)
@@ -59,10 +66,37 @@ class EdgeCache:
         if self.negative.hit(key):
             self.stats.negative_hits += 1
             raise NotFound("no such image or variant")
-        entry, _ = await self.flight.run(key, self._fill)
+        fill = self._fill_from_origin if from_peer else self._fill
+        entry, _ = await self.flight.run(key, fill)
         return entry, False
 
+    def owner_of(self, key: str) -> EdgeNode:
+        region = self.cfg.region(self.node.region)
+        assert region is not None
+        return owner(region.edges, key.split("/", 1)[0])
+
     async def _fill(self, key: str) -> Entry:
+        owner_edge = self.owner_of(key)
+        if owner_edge.name != self.node.name and self.session is not None:
+            try:
+                entry = await fetch_from_peer(self.session, self.origin, self.node, owner_edge,
+                                              key, self.cfg.edge.origin_timeout)
+            except NotFound:
+                self.negative.add(key)
+                raise NotFound("no such image or variant") from None
+            except IntegrityError as exc:
+                self.stats.verify_failures += 1
+                log.error("%s; using the origin", exc)
+            except (MediaCDNError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("owner edge %s failed for %s (%s); using the origin",
+                            owner_edge.name, key, type(exc).__name__)
+            else:
+                self.stats.peer_fetches += 1
+                await self.store(entry)
+                return entry
+        return await self._fill_from_origin(key)
+
+    async def _fill_from_origin(self, key: str) -> Entry:
         t0 = time.perf_counter()
         self.stats.origin_fetches += 1
         try:

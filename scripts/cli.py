@@ -97,6 +97,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def environ() -> dict[str, str]:
     return dict(os.environ)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

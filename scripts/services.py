@@ -1,4 +1,4 @@
-"""`mediacdn ingest|edge|router|up`: one service per process, or the whole topology."""
+"""`mediacdn ingest|edge|router`: one service per process, as a real deployment runs them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from common.errors import ConfigError
 from common.logs import setup_logging
 from common.serve import serve
 from config import Config, load_config
-from scripts.cli import environ
+from scripts.cli import UsageError, environ
 
 
-def _load(args: argparse.Namespace, *, need_api_key: bool, need_admin: bool) -> Config:
+def load(args: argparse.Namespace, *, need_api_key: bool, need_admin: bool) -> Config:
     cfg = load_config(args.config, environ())
     if need_api_key and cfg.secrets.api_key is None:
         raise ConfigError(cfg.secrets.api_key_env, "is not set (the upload API key)")
@@ -23,14 +23,43 @@ def _load(args: argparse.Namespace, *, need_api_key: bool, need_admin: bool) -> 
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    cfg = _load(args, need_api_key=True, need_admin=True)
+    cfg = load(args, need_api_key=True, need_admin=True)
     from ingest.app import create_app
 
     setup_logging("ingest", cfg.log_level)
-    app = create_app(cfg)
-    uvloop.run(serve(app, service="ingest", name="ingest", host=cfg.ingest.host,
+    uvloop.run(serve(create_app(cfg), service="ingest", name="ingest", host=cfg.ingest.host,
                      port=cfg.ingest.port))
     return 0
 
 
-COMMANDS = {"ingest": run_ingest}
+def run_edge(args: argparse.Namespace) -> int:
+    cfg = load(args, need_api_key=False, need_admin=True)
+    node = cfg.edge_node(args.node)
+    if node is None:
+        raise UsageError(f"no edge named {args.node!r} in {cfg.path}; edges: "
+                         + ", ".join(e.name for e in cfg.edges))
+    from edge.app import create_app
+
+    setup_logging(f"edge/{node.name}", cfg.log_level)
+    uvloop.run(serve(create_app(cfg, node), service="edge", name=node.name, host=node.host,
+                     port=node.port, reuse_port=node.workers > 1))
+    return 0
+
+
+def run_router(args: argparse.Namespace) -> int:
+    cfg = load(args, need_api_key=False, need_admin=False)
+    from edge.router.app import create_app
+
+    setup_logging("router", cfg.log_level)
+    uvloop.run(serve(create_app(cfg), service="router", name="router", host=cfg.router.host,
+                     port=cfg.router.port))
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from scripts.supervisor import run_topology
+
+    return run_topology(args.config)
+
+
+COMMANDS = {"ingest": run_ingest, "edge": run_edge, "router": run_router, "up": run_up}

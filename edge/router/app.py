@@ -1,0 +1,90 @@
+"""The router service: 302 to the chosen edge; `/v1/route` explains the choice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from common.errors import BadRequest, NotFound
+from common.hashing import is_content_id
+from common.ops import add_ops_routes
+from common.problem import problem_middleware
+from config.schema import Config
+from edge.paths import parse_name
+from edge.router.choose import decide
+from edge.router.geo import RegionChoice, choose_region
+from edge.router.health import HealthMonitor
+
+CONFIG = web.AppKey("config", Config)
+HEALTH = web.AppKey("health", HealthMonitor)
+ROUTED = web.AppKey("routed", Counter)
+COUNTRY_HEADER = "X-Client-Country"
+
+
+def _region_choice(request: web.Request) -> RegionChoice:
+    cfg = request.app[CONFIG]
+    return choose_region(cfg, param=request.query.get("region"),
+                         country=request.headers.get(COUNTRY_HEADER) or request.query.get(
+                             "country"),
+                         client_ip=request.query.get("ip") or request.remote)
+
+
+async def redirect(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    image_id, name = request.match_info["id"], request.match_info["name"]
+    if not is_content_id(image_id):
+        raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
+    variant, _ = parse_name(name)
+    if cfg.transcode.variant(variant) is None:
+        raise NotFound(f"no variant {variant!r}")
+    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id)
+    request.app[ROUTED].labels(decision.served_by_region).inc()
+    location = f"{decision.edge.url}/i/{image_id}/{name}"
+    # The choice depends on the client's country and on edge health: cache it briefly,
+    # privately, and per country.
+    return web.Response(status=302, headers={
+        "Location": location, "Cache-Control": "private, max-age=60",
+        "Vary": COUNTRY_HEADER, "X-Edge": decision.edge.name})
+
+
+async def route(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    image_id = request.query.get("id", "")
+    if image_id and not is_content_id(image_id):
+        raise BadRequest("id must be 64 lowercase hex characters")
+    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id)
+    return web.json_response(decision.explain(image_id))
+
+
+def create_app(cfg: Config) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware])
+    app[CONFIG] = cfg
+    registry = CollectorRegistry()
+    app[ROUTED] = Counter("mediacdn_router_redirects", "Redirects by serving region",
+                          ["region"], registry=registry)
+
+    async def health_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            monitor = HealthMonitor(cfg.edges, cfg.router, session)
+            app[HEALTH] = monitor
+            await monitor.initial()
+            task = asyncio.create_task(monitor.run_forever())
+            yield
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.append(health_ctx)
+
+    async def ready(app: web.Application) -> str | None:
+        if not any(app[HEALTH].is_up(e.name) for e in cfg.edges):
+            return "no healthy edge"
+        return None
+
+    add_ops_routes(app, registry, ready)
+    app.router.add_get("/i/{id}/{name}", redirect)
+    app.router.add_get("/v1/route", route)
+    return app
