@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from common.problem import with_problems
+
 ReadyCheck = Callable[[web.Application], Awaitable[str | None]]
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 READY_CHECK = web.AppKey("ready_check", object)
@@ -30,6 +32,6 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", with_problems(healthz))
+    app.router.add_get("/readyz", with_problems(readyz))
+    app.router.add_get("/metrics", with_problems(metrics))

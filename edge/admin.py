@@ -53,13 +53,14 @@ async def stats(request: web.Request) -> web.Response:
     s = request.app[STATS]
     cache = request.app[CACHE]
     entries, volume = await cache.disk_usage()
-    served = s.hits + s.misses
+    hits = s.hits + s.fast_hits
+    served = hits + s.misses
     return web.json_response({
         "node": request.app[NODE].name,
         "region": request.app[NODE].region,
-        "hits": s.hits,
+        "hits": hits,
         "misses": s.misses,
-        "hit_ratio": round(s.hits / served, 4) if served else 0.0,
+        "hit_ratio": round(hits / served, 4) if served else 0.0,
         "bytes_served": s.bytes_served,
         "cache_entries": entries,
         "cache_bytes": volume,

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
-from common.problem import from_error, problem_middleware
+from common.problem import from_error, with_problems
 from config.schema import Config, EdgeNode
 from edge import admin, handlers
 from edge.keys import CACHE, CONFIG, NODE, STATS, SYNC, TRANSCODE
@@ -32,12 +32,13 @@ async def _not_found(request: web.Request) -> web.Response:
 
 
 def create_app(cfg: Config, node: EdgeNode) -> web.Application:
-    # The problem middleware guards admin/ops routes; the media handler renders its own
-    # errors, so a hit pays for no middleware at all (see edge.handlers).
-    app = web.Application(middlewares=[problem_middleware], client_max_size=1 << 20)
+    # No app-wide middleware: each non-media route is wrapped by with_problems, and the
+    # media handler renders its own errors, so a hit pays for no middleware at all.
+    app = web.Application(client_max_size=1 << 20)
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
     stats = EdgeStats()
     app[STATS] = stats
+    media = handlers.MediaHandler(stats, cfg.transcode)
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -51,12 +52,13 @@ def create_app(cfg: Config, node: EdgeNode) -> web.Application:
             sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,
                              cfg.edge.purge_retention_seconds)
             app[SYNC] = sync
+            media.cache, media.sync = cache, sync
             await sync.start()
             with contextlib.suppress(MediaCDNError, OSError):
                 async with asyncio.timeout(cfg.edge.origin_timeout):
                     await sync.sync_once()  # catch up before the first request if we can
             tasks = [asyncio.create_task(sync.poll_forever(cfg.edge.purge_poll_seconds)),
-                     asyncio.create_task(_flush_recency_forever(cache))]
+                     asyncio.create_task(_housekeeping_forever(cache))]
             try:
                 yield
             finally:
@@ -77,11 +79,13 @@ def create_app(cfg: Config, node: EdgeNode) -> web.Application:
             return f"origin: {type(exc).__name__}: {exc}"
         return None
 
+    # The media route first: aiohttp tries resources in the order they were added.
+    app.router.add_get("/i/{id}/{name}", media.handle)
+    app.router.add_route("*", "/i/{id}/{name}", handlers.method_not_allowed)
     add_ops_routes(app, registry, ready)
-    app.router.add_get("/i/{id}/{name}", handlers.media)
-    app.router.add_post("/_admin/purge", admin.purge)
-    app.router.add_get("/_admin/stats", admin.stats)
-    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_post("/_admin/purge", with_problems(admin.purge))
+    app.router.add_get("/_admin/stats", with_problems(admin.stats))
+    app.router.add_get("/openapi.json", with_problems(_openapi))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -90,10 +94,10 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-async def _flush_recency_forever(cache: EdgeCache) -> None:
+async def _housekeeping_forever(cache: EdgeCache) -> None:
     while True:
         await asyncio.sleep(RECENCY_FLUSH_SECONDS)
         try:
-            await cache.flush_recency()
+            await cache.housekeeping()
         except Exception as exc:  # a locked or full disk must not stop the node
-            log.warning("recency flush failed: %s", exc)
+            log.warning("cache housekeeping failed: %s", exc)

@@ -36,7 +36,7 @@ class DiskTier:
         self._writer = diskcache.Cache(str(directory), **settings)
         self._reader = diskcache.Cache(str(directory), **settings)
         self._reader.reset("eviction_policy", "none", update=False)  # local only: fast gets
-        self._touched: dict[str, float] = {}
+        self._touched: set[str] = set()
         self._lock = threading.Lock()
         self.size_limit = size_limit
 
@@ -77,19 +77,20 @@ class DiskTier:
         return evicted
 
     def touch(self, key: str) -> None:
-        self._touched[key] = time.time()
+        self._touched.add(key)  # hot path: a set add; the time is taken at flush
 
     def flush_recency(self) -> int:
         """Write the access times gathered since the last flush, in one transaction."""
         with self._lock:
-            touched, self._touched = self._touched, {}
+            touched, self._touched = self._touched, set()
         if not touched:
             return 0
+        at = time.time()
         # diskcache has no public "touch access time"; this is the UPDATE its LRU `get`
         # runs, batched. Keys are str, stored with raw=1.
         with self._writer.transact():
             sql = self._writer._sql
-            for key, at in touched.items():
+            for key in touched:
                 sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (at, key))
         return len(touched)
 

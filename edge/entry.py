@@ -18,7 +18,6 @@ class Entry:
     stored_at: float
     etag: str = field(init=False)
     headers: dict[str, str] = field(init=False)
-
     def __post_init__(self) -> None:
         self.etag = f'"{self.blake3}"'
         self.headers = {

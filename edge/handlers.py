@@ -1,47 +1,91 @@
-"""The edge's media route: validate, look up, answer. Errors become problem+json here (the
-hot path carries no middleware)."""
+"""The edge's media route. The hit path is the product's hottest code: a lookup in the
+memory tier and a response whose headers were built when the entry was stored.
+
+Only validated keys ever enter the cache, so a key found in the memory tier needs no
+re-validation; everything else (conditional and range requests, negotiation, disk hits,
+misses, errors) takes the full path. Errors become problem+json here: the route carries
+no middleware.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
-from edge.keys import CACHE, STATS, SYNC, TRANSCODE
+from config.schema import TranscodeConfig
+from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
+from edge.purgesync import PurgeSync
 from edge.respond import respond
+from edge.sendfile import HotResponse
+from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
 
 
-async def media(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    stats = app[STATS]
-    try:
-        if not app[SYNC].caught_up:
-            raise ServiceUnavailable("catching up on purges before serving",
-                                     headers={"Retry-After": "1"})
-        target = resolve(request.match_info["id"], request.match_info["name"],
-                         request.headers.get("Accept", ""), app[TRANSCODE])
-        from_peer = PEER_HEADER in request.headers
-        entry, hit = await app[CACHE].get(target.cache_key, from_peer)
-    except MediaCDNError as exc:
-        if exc.status >= 500:
-            stats.errors += 1
-            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
-        stats.responses[(exc.status, "NONE")] += 1
-        return from_error(exc)
-    resp = respond(request, entry, hit, target.negotiated)
-    if hit:
-        stats.hits += 1
-    else:
-        stats.misses += 1
-        log.info("%s %s -> %d MISS", request.method, request.path, resp.status,
-                 extra={"status": resp.status, "cache": "MISS", "bytes": entry.size})
-    if request.method == "GET" and resp.body is not None:
-        stats.bytes_served += len(resp.body)  # type: ignore[arg-type]
-    stats.responses[(resp.status, "HIT" if hit else "MISS")] += 1
-    return resp
+class MediaHandler:
+    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig) -> None:
+        self.stats = stats
+        self.transcode = transcode
+        # Set when the app starts (they live in its cleanup context).
+        self.cache: EdgeCache | None = None
+        self.sync: PurgeSync | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        cache, sync = self.cache, self.sync
+        assert cache is not None and sync is not None
+        info = request.match_info
+        key = f"{info['id']}/{info['name']}"
+        hot = cache.memory.get(key)
+        if hot is not None and sync.caught_up:
+            headers = request.headers
+            if "If-None-Match" not in headers and "Range" not in headers:
+                cache.disk.touch(key)
+                stats = self.stats
+                stats.fast_hits += 1
+                if request.method == "GET":
+                    stats.bytes_served += hot.size
+                return HotResponse(hot, hot.hit_headers(int(time.time())))
+        return await self.full(request, cache, sync)
+
+    async def full(self, request: web.Request, cache: EdgeCache,
+                   sync: PurgeSync) -> web.StreamResponse:
+        stats = self.stats
+        try:
+            if not sync.caught_up:
+                raise ServiceUnavailable("catching up on purges before serving",
+                                         headers={"Retry-After": "1"})
+            target = resolve(request.match_info["id"], request.match_info["name"],
+                             request.headers.get("Accept", ""), self.transcode)
+            entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+            resp = respond(request, entry, hit, target.negotiated)
+        except MediaCDNError as exc:
+            if exc.status >= 500:
+                stats.errors += 1
+                log.warning("%s %s -> %d %s", request.method, request.path, exc.status,
+                            exc.detail)
+            stats.responses[(exc.status, "NONE")] += 1
+            return from_error(exc)
+        if hit:
+            stats.hits += 1
+        else:
+            stats.misses += 1
+            log.info("%s %s -> %d MISS", request.method, request.path, resp.status,
+                     extra={"status": resp.status, "cache": "MISS", "bytes": entry.size})
+        if request.method == "GET" and isinstance(resp.body, bytes):
+            stats.bytes_served += len(resp.body)
+        stats.responses[(resp.status, "HIT" if hit else "MISS")] += 1
+        return resp
+
+
+async def method_not_allowed(request: web.Request) -> web.Response:
+    from common.errors import PROBLEM_BASE
+    from common.problem import problem
+
+    return problem(405, "Method Not Allowed", f"{request.method} is not allowed here; use GET "
+                   "or HEAD", PROBLEM_BASE + "method-not-allowed", {"Allow": "GET, HEAD"})

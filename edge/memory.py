@@ -1,57 +1,153 @@
-"""The hot tier: an in-process LRU of entries, bounded in bytes. A hit here touches neither
-SQLite, nor the disk, nor a thread."""
+"""The hot tier: verified objects in memory, bounded in bytes and entries, LRU.
+
+Each object lives in its own memfd (an anonymous, process-private in-memory file), so a
+plain hit is sent with sendfile(2) straight from those pages, with no copy through Python
+(measured on aiohttp + uvloop: +13% req/s for 60 KB bodies). Nobody else can write to a
+memfd, so bytes verified once stay verified.
+
+An evicted object's memfd is closed only a few seconds later: a response that picked it
+up may still be about to send from it, and its fd number must not be reused before that.
+"""
 
 from __future__ import annotations
 
+import os
+import resource
+import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from edge.entry import Entry
+
+GRACE_SECONDS = 5.0
+
+
+@dataclass(slots=True, eq=False)
+class HotEntry:
+    key: str
+    fd: int
+    size: int
+    blake3: str
+    content_type: str
+    stored_at: float
+    headers: dict[str, str]
+    closed: bool = False
+    _hit_second: int = -1
+    _hit_headers: dict[str, str] = field(default_factory=dict)
+
+    def read(self, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes from memory (a memfd read never touches a disk)."""
+        end = self.size if end is None else end
+        return os.pread(self.fd, end - start, start)
+
+    def to_entry(self) -> Entry:
+        return Entry(self.key, self.read(), self.blake3, self.content_type, self.stored_at)
+
+    def hit_headers(self, now: int) -> dict[str, str]:
+        """The headers of a plain 200 HIT, rebuilt at most once a second (for Age).
+        aiohttp copies them into the response, so one dict serves every request."""
+        if now != self._hit_second:
+            headers = dict(self.headers)
+            headers["X-Cache"] = "HIT"
+            headers["Age"] = str(max(0, now - int(self.stored_at)))
+            self._hit_headers, self._hit_second = headers, now
+        return self._hit_headers
+
+
+def _fd_budget(reserve: int = 1024) -> int:
+    """How many memfds we may hold: the soft fd limit, raised to the hard one, less a
+    reserve for sockets and files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return max(0, soft - reserve)
 
 
 class MemoryTier:
     def __init__(self, max_bytes: int, max_object_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
+        self.max_entries = _fd_budget() if max_bytes else 0
         self.bytes = 0
         self.evictions = 0
-        self._items: OrderedDict[str, Entry] = OrderedDict()
+        self._items: OrderedDict[str, HotEntry] = OrderedDict()
+        self._graveyard: list[tuple[float, HotEntry]] = []
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> Entry | None:
-        entry = self._items.get(key)
-        if entry is not None:
+    def get(self, key: str) -> HotEntry | None:
+        hot = self._items.get(key)
+        if hot is not None:
             self._items.move_to_end(key)
-        return entry
+        return hot
 
     def put(self, entry: Entry) -> None:
         if entry.size > self.max_object_bytes or entry.size > self.max_bytes:
             return
-        old = self._items.pop(entry.key, None)
-        if old is not None:
-            self.bytes -= old.size
-        self._items[entry.key] = entry
-        self.bytes += entry.size
-        while self.bytes > self.max_bytes:
+        if self.max_entries == 0:
+            return
+        fd = os.memfd_create(f"mediacdn:{entry.key}", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, entry.body)
+        except OSError:
+            os.close(fd)
+            return
+        hot = HotEntry(entry.key, fd, entry.size, entry.blake3, entry.content_type,
+                       entry.stored_at, entry.headers)
+        self._drop(entry.key)
+        self._items[entry.key] = hot
+        self.bytes += hot.size
+        while self.bytes > self.max_bytes or len(self._items) > self.max_entries:
             _, evicted = self._items.popitem(last=False)
-            self.bytes -= evicted.size
+            self._retire(evicted)
             self.evictions += 1
+        self.reap()
+
+    def _retire(self, hot: HotEntry) -> None:
+        self.bytes -= hot.size
+        self._graveyard.append((time.monotonic() + GRACE_SECONDS, hot))
+
+    def _drop(self, key: str) -> bool:
+        hot = self._items.pop(key, None)
+        if hot is None:
+            return False
+        self._retire(hot)
+        return True
+
+    def reap(self, force: bool = False) -> None:
+        """Close the memfds of entries retired more than GRACE_SECONDS ago."""
+        now = time.monotonic()
+        keep = []
+        for due, hot in self._graveyard:
+            if force or due <= now:
+                hot.closed = True
+                os.close(hot.fd)
+            else:
+                keep.append((due, hot))
+        self._graveyard = keep
 
     def discard(self, key: str) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
+        self._drop(key)
 
     def discard_prefix(self, prefix: str) -> int:
         keys = [k for k in self._items if k.startswith(prefix)]
         for k in keys:
-            self.discard(k)
+            self._drop(k)
         return len(keys)
 
     def keys(self) -> list[str]:
         return list(self._items)
 
     def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
+        for key in list(self._items):
+            self._drop(key)
+
+    def close(self) -> None:
+        self.clear()
+        self.reap(force=True)

@@ -50,10 +50,10 @@ class EdgeCache:
 
         `from_peer`: the request came from another edge, so fill from the origin only.
         """
-        entry = self.memory.get(key)
-        if entry is not None:
+        hot = self.memory.get(key)
+        if hot is not None:
             self.disk.touch(key)
-            return entry, True
+            return hot.to_entry(), True
         try:
             entry = await self.blocking(self.disk.get, key)
         except CorruptEntry:
@@ -143,7 +143,9 @@ class EdgeCache:
         self.stats.purged += count
         return count
 
-    async def flush_recency(self) -> None:
+    async def housekeeping(self) -> None:
+        """Once a second: write batched recency, close retired memfds."""
+        self.memory.reap()
         await self.blocking(self.disk.flush_recency)
 
     def gauges(self) -> dict[str, float]:
@@ -159,5 +161,6 @@ class EdgeCache:
         return await self.blocking(self.disk.count), await self.blocking(self.disk.volume)
 
     async def close(self) -> None:
+        self.memory.close()
         await self.blocking(self.disk.close)
         self.io.shutdown(wait=True)

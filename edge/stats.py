@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 @dataclass
 class EdgeStats:
     hits: int = 0
+    fast_hits: int = 0  # plain 200 hits from the memory tier (the hot path counts only these)
     misses: int = 0
     bytes_served: int = 0
     origin_fetches: int = 0
@@ -36,11 +37,13 @@ class _Collector(Collector):
         s = self.stats
         req = CounterMetricFamily("mediacdn_edge_requests", "Media answers",
                                   labels=["status", "cache"])
-        for (status, cache), n in sorted(s.responses.items()):
+        responses = s.responses.copy()
+        responses[(200, "HIT")] += s.fast_hits
+        for (status, cache), n in sorted(responses.items()):
             req.add_metric([str(status), cache], n)
         yield req
         counters: tuple[tuple[str, int, str], ...] = (
-            ("hits", s.hits, "Requests served from cache"),
+            ("hits", s.hits + s.fast_hits, "Requests served from cache"),
             ("misses", s.misses, "Requests that needed an upstream fetch"),
             ("bytes_served", s.bytes_served, "Body bytes sent"),
             ("origin_fetches", s.origin_fetches, "GETs sent to the origin"),

@@ -1,0 +1,1 @@
+"""Benchmarks, run against their anchors in the same run and reported as ratios."""
