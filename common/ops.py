@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -28,7 +29,9 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
 
     async def metrics(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(registry))
+        # Collectors may read files (the edge adds up its workers' snapshots): a thread.
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 

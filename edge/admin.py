@@ -10,7 +10,7 @@ from aiohttp import web
 from common.auth import require_bearer
 from common.errors import BadRequest, ServiceUnavailable
 from common.hashing import is_content_id
-from edge.keys import CACHE, CONFIG, NODE, STATS, SYNC
+from edge.keys import CACHE, CONFIG, NODE, SYNC
 
 MAX_IDS = 10_000
 
@@ -50,31 +50,34 @@ async def purge(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     _admin(request)
-    s = request.app[STATS]
     cache = request.app[CACHE]
+    node = request.app[NODE]
+    t = await cache.blocking(cache.totals)  # every worker of this node, added up
     entries, volume = await cache.disk_usage()
-    hits = s.hits + s.fast_hits
-    served = hits + s.misses
+    hits = t["hits"] + t["fast_hits"]
+    served = hits + t["misses"]
     return web.json_response({
-        "node": request.app[NODE].name,
-        "region": request.app[NODE].region,
+        "node": node.name,
+        "region": node.region,
+        "workers": node.workers,
         "hits": hits,
-        "misses": s.misses,
+        "misses": t["misses"],
         "hit_ratio": round(hits / served, 4) if served else 0.0,
-        "bytes_served": s.bytes_served,
+        "bytes_served": t["bytes_served"],
         "cache_entries": entries,
         "cache_bytes": volume,
-        "cache_limit_bytes": request.app[NODE].cache_bytes,
-        "memory_entries": len(cache.memory),
-        "memory_bytes": cache.memory.bytes,
-        "evictions": cache.disk_evictions,
-        "memory_evictions": cache.memory.evictions,
-        "origin_fetches": s.origin_fetches,
-        "peer_fetches": s.peer_fetches,
-        "collapsed_waiters": cache.flight.collapsed,
-        "errors": s.errors,
-        "verify_failures": s.verify_failures,
-        "disk_corrupt": s.disk_corrupt,
-        "negative_hits": s.negative_hits,
+        "cache_limit_bytes": node.cache_bytes,
+        "memory_entries": t["memory_entries"],
+        "memory_bytes": t["memory_bytes"],
+        "evictions": t["disk_evictions"],
+        "memory_evictions": t["memory_evictions"],
+        "origin_fetches": t["origin_fetches"],
+        "peer_fetches": t["peer_fetches"],
+        "collapsed_waiters": t["collapsed_waiters"],
+        "errors": t["errors"],
+        "verify_failures": t["verify_failures"],
+        "disk_corrupt": t["disk_corrupt"],
+        "disk_write_errors": t["disk_write_errors"],
+        "negative_hits": t["negative_hits"],
         "purge_records_applied": request.app[SYNC].applied,
     })

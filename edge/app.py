@@ -31,7 +31,7 @@ async def _not_found(request: web.Request) -> web.Response:
     return from_error(NotFound(f"no route {request.path[:200]}"))
 
 
-def create_app(cfg: Config, node: EdgeNode) -> web.Application:
+def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     # No app-wide middleware: each non-media route is wrapped by with_problems, and the
     # media handler renders its own errors, so a hit pays for no middleware at all.
     app = web.Application(client_max_size=1 << 20)
@@ -45,9 +45,9 @@ def create_app(cfg: Config, node: EdgeNode) -> web.Application:
         async with open_origin(cfg.origin) as origin, aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), auto_decompress=False
         ) as session:
-            cache = EdgeCache(cfg, node, origin, stats)
+            cache = EdgeCache(cfg, node, origin, stats, worker)
             cache.session = session
-            cache.fetch_seconds = register(registry, stats, cache.gauges, node.name)
+            cache.fetch_seconds = register(registry, cache.totals, cache.responses)
             app[CACHE] = cache
             sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,
                              cfg.edge.purge_retention_seconds)

@@ -39,6 +39,7 @@ class MediaHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cache, sync = self.cache, self.sync
         assert cache is not None and sync is not None
+        cache.follow_purges()
         info = request.match_info
         key = f"{info['id']}/{info['name']}"
         hot = cache.memory.get(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -23,6 +24,7 @@ from edge.fill import NegativeCache, SingleFlight, fetch_verified
 from edge.memory import MemoryTier
 from edge.peer import fetch_from_peer
 from edge.rendezvous import owner
+from edge.shared import COUNTERS, PurgeGeneration, StatsBoard
 from edge.stats import EdgeStats
 from origin import Origin
 
@@ -31,8 +33,11 @@ T = TypeVar("T")
 
 
 class EdgeCache:
-    def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats) -> None:
+    def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats,
+                 worker: int = 0) -> None:
         self.cfg, self.node, self.origin, self.stats = cfg, node, origin, stats
+        self.generation = PurgeGeneration(node.cache_dir / "purge.gen")
+        self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes)
         self.disk = DiskTier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
@@ -133,7 +138,15 @@ class EdgeCache:
             self.negative.discard_prefix(prefix)
             removed += max(mem, disk)
         self.stats.purged += removed
+        self.generation.bump()  # the node's other workers drop their hot tiers
         return removed
+
+    def follow_purges(self) -> None:
+        """Called on every request: another worker purged, so our hot tier may be stale."""
+        if self.generation.changed():
+            self.generation.acknowledge()
+            self.memory.clear()
+            self.negative.clear()
 
     async def purge_all(self) -> int:
         count = max(len(self.memory), await self.blocking(self.disk.count))
@@ -141,14 +154,35 @@ class EdgeCache:
         self.negative.clear()
         await self.blocking(self.disk.clear)
         self.stats.purged += count
+        self.generation.bump()
         return count
 
     async def housekeeping(self) -> None:
-        """Once a second: write batched recency, close retired memfds."""
+        """Once a second: write batched recency, close retired memfds, publish counters."""
         self.memory.reap()
         await self.blocking(self.disk.flush_recency)
+        await self.blocking(self.board.publish, self.stats, self.gauges())
 
-    def gauges(self) -> dict[str, float]:
+    def responses(self) -> Counter[tuple[int, str]]:
+        """Answers by (status, cache result), every worker of the node added up."""
+        out = self.stats.responses.copy()
+        out[(200, "HIT")] += self.stats.fast_hits
+        for snap in self.board.others():
+            for status, cache, n in snap.get("responses", []):
+                out[(int(status), str(cache))] += int(n)
+            out[(200, "HIT")] += int(snap.get("fast_hits", 0))
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """This worker's live counters plus every other worker's latest snapshot."""
+        own = {k: int(getattr(self.stats, k)) for k in COUNTERS} | {
+            k: int(v) for k, v in self.gauges().items()}
+        for snap in self.board.others():
+            for k in own:
+                own[k] += int(snap.get(k, 0))
+        return own
+
+    def gauges(self) -> dict[str, int]:
         return {
             "memory_entries": len(self.memory),
             "memory_bytes": self.memory.bytes,
@@ -162,5 +196,6 @@ class EdgeCache:
 
     async def close(self) -> None:
         self.memory.close()
+        self.generation.close()
         await self.blocking(self.disk.close)
         self.io.shutdown(wait=True)

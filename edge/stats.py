@@ -28,43 +28,50 @@ class EdgeStats:
     responses: Counter[tuple[int, str]] = field(default_factory=Counter)
 
 
+Totals = Callable[[], dict[str, int]]
+Responses = Callable[[], Counter[tuple[int, str]]]
+
+DOCS = {
+    "hits": "Requests served from cache",
+    "misses": "Requests that needed an upstream fetch",
+    "bytes_served": "Body bytes sent",
+    "origin_fetches": "GETs sent to the origin",
+    "peer_fetches": "Fills from the owner edge of the region",
+    "errors": "Answers with status >= 500",
+    "verify_failures": "Upstream bytes that failed blake3",
+    "disk_corrupt": "Cached entries that failed blake3 on read",
+    "disk_write_errors": "Fills that could not be cached",
+    "negative_hits": "404s answered from the negative cache",
+    "purged": "Entries removed by purges",
+    "disk_evictions": "Entries evicted from the disk tier (LRU)",
+    "memory_evictions": "Entries evicted from the hot tier",
+    "collapsed_waiters": "Requests that waited on another request's fill",
+}
+GAUGES = {"memory_entries": "Entries in the hot tier", "memory_bytes": "Bytes in the hot tier"}
+
+
 class _Collector(Collector):
-    def __init__(self, stats: EdgeStats, gauges: Callable[[], dict[str, float]],
-                 node: str) -> None:
-        self.stats, self.gauges, self.node = stats, gauges, node
+    """Counters of every worker of the node, added up when Prometheus scrapes."""
+
+    def __init__(self, totals: Totals, responses: Responses) -> None:
+        self.totals, self.responses = totals, responses
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        s = self.stats
+        t = self.totals()
+        t["hits"] += t.pop("fast_hits", 0)
         req = CounterMetricFamily("mediacdn_edge_requests", "Media answers",
                                   labels=["status", "cache"])
-        responses = s.responses.copy()
-        responses[(200, "HIT")] += s.fast_hits
-        for (status, cache), n in sorted(responses.items()):
+        for (status, cache), n in sorted(self.responses().items()):
             req.add_metric([str(status), cache], n)
         yield req
-        counters: tuple[tuple[str, int, str], ...] = (
-            ("hits", s.hits + s.fast_hits, "Requests served from cache"),
-            ("misses", s.misses, "Requests that needed an upstream fetch"),
-            ("bytes_served", s.bytes_served, "Body bytes sent"),
-            ("origin_fetches", s.origin_fetches, "GETs sent to the origin"),
-            ("peer_fetches", s.peer_fetches, "Fills from the owner edge of the region"),
-            ("errors", s.errors, "Answers with status >= 500"),
-            ("verify_failures", s.verify_failures, "Upstream bytes that failed blake3"),
-            ("disk_corrupt", s.disk_corrupt, "Cached entries that failed blake3 on read"),
-            ("disk_write_errors", s.disk_write_errors, "Fills that could not be cached"),
-            ("negative_hits", s.negative_hits, "404s answered from the negative cache"),
-            ("purged", s.purged, "Entries removed by purges"),
-        )
-        for name, count, doc in counters:
-            yield CounterMetricFamily(f"mediacdn_edge_{name}", doc, value=count)
-        for gauge, value in self.gauges().items():
-            yield GaugeMetricFamily(f"mediacdn_edge_{gauge}", gauge.replace("_", " "),
-                                    value=value)
+        for name, doc in DOCS.items():
+            yield CounterMetricFamily(f"mediacdn_edge_{name}", doc, value=t.get(name, 0))
+        for name, doc in GAUGES.items():
+            yield GaugeMetricFamily(f"mediacdn_edge_{name}", doc, value=t.get(name, 0))
 
 
-def register(registry: CollectorRegistry, stats: EdgeStats,
-             gauges: Callable[[], dict[str, float]], node: str) -> Histogram:
-    registry.register(_Collector(stats, gauges, node))
-    return Histogram("mediacdn_edge_origin_fetch_seconds", "Upstream fetch latency",
-                     registry=registry,
+def register(registry: CollectorRegistry, totals: Totals, responses: Responses) -> Histogram:
+    registry.register(_Collector(totals, responses))
+    return Histogram("mediacdn_edge_origin_fetch_seconds", "Upstream fetch latency "
+                     "(this worker)", registry=registry,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

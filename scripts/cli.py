@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ingest", parents=[common], help="run the ingest API")
     e = sub.add_parser("edge", parents=[common], help="run one edge node")
     e.add_argument("--node", required=True, help="the edge's name in the config")
+    e.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the node itself
     sub.add_parser("router", parents=[common], help="run the geo router")
 
     u = sub.add_parser("upload", parents=[common, jsonp], help="upload image files")

@@ -38,11 +38,22 @@ def run_edge(args: argparse.Namespace) -> int:
     if node is None:
         raise UsageError(f"no edge named {args.node!r} in {cfg.path}; edges: "
                          + ", ".join(e.name for e in cfg.edges))
+    if node.workers > 1 and args.worker is None:
+        from scripts.supervisor import MEDIACDN, run_workers
+
+        conf = ["--config", str(cfg.path)]
+        argvs = [[*MEDIACDN, "edge", "--node", node.name, "--worker", str(i), *conf]
+                 for i in range(node.workers)]
+        return run_workers("edge", node.name, node.url, argvs, environ())
     from edge.app import create_app
 
-    setup_logging(f"edge/{node.name}", cfg.log_level)
-    uvloop.run(serve(create_app(cfg, node), service="edge", name=node.name, host=node.host,
-                     port=node.port, reuse_port=node.workers > 1))
+    worker = args.worker or 0
+    if worker >= node.workers:
+        raise UsageError(f"--worker {worker}: node {node.name} has {node.workers} worker(s)")
+    setup_logging(f"edge/{node.name}" + (f"#{worker}" if node.workers > 1 else ""),
+                  cfg.log_level)
+    uvloop.run(serve(create_app(cfg, node, worker), service="edge", name=node.name,
+                     host=node.host, port=node.port, reuse_port=node.workers > 1))
     return 0
 
 

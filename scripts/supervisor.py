@@ -15,6 +15,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class Child:
     service: str
     name: str
     argv: list[str]
+    relay: bool = True  # print the child's `SERVICE NAME URL` line as ours
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,19 +58,28 @@ def secrets_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def children(cfg: Config, config_arg: str | None) -> list[Child]:
-    base = [sys.executable, "-m", "scripts"]
-    conf = ["--config", str(cfg.path)] if config_arg or cfg.path else []
-    kids = [Child("ingest", "ingest", [*base, "ingest", *conf])]
-    kids += [Child("edge", e.name, [*base, "edge", "--node", e.name, *conf]) for e in cfg.edges]
-    kids.append(Child("router", "router", [*base, "router", *conf]))
-    return kids
+MEDIACDN = [sys.executable, "-m", "scripts"]
+
+
+def topology(cfg: Config) -> list[list[Child]]:
+    """Ingest and edges first, the router last: it probes the edges when it starts."""
+    conf = ["--config", str(cfg.path)]
+    backends = [Child("ingest", "ingest", [*MEDIACDN, "ingest", *conf])]
+    backends += [Child("edge", e.name, [*MEDIACDN, "edge", "--node", e.name, *conf])
+                 for e in cfg.edges]
+    return [backends, [Child("router", "router", [*MEDIACDN, "router", *conf])]]
 
 
 class Supervisor:
-    def __init__(self, kids: list[Child], env: dict[str, str]) -> None:
-        self.kids = kids
+    """Runs `stages` of children in order (a stage starts once the previous one is ready),
+    restarts any that die, and on SIGINT/SIGTERM drains them all."""
+
+    def __init__(self, stages: list[list[Child]], env: dict[str, str],
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.stages = stages
+        self.kids = [k for stage in stages for k in stage]
         self.env = env
+        self.on_ready = on_ready
         self.stopping = False
         self.fatal = False
         self.halt = asyncio.Event()
@@ -79,7 +90,7 @@ class Supervisor:
             line = raw.decode(errors="replace").rstrip()
             parts = line.split()
             if len(parts) == 3 and parts[0] == child.service and parts[1] == child.name:
-                if not child.announced:
+                if not child.announced and child.relay:
                     print(line, flush=True)
                     child.announced = True
                 child.ready.set()
@@ -123,17 +134,21 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.halt.set)
-        backends, router = self.kids[:-1], self.kids[-1]
-        # Ingest and edges first, the router last: it probes the edges when it starts.
-        tasks = [asyncio.create_task(self._run_child(k)) for k in backends]
-        ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(k.ready.wait() for k in backends)))
-        if await self._until(ready):
-            tasks.append(asyncio.create_task(self._run_child(router)))
-            if await self._until(asyncio.ensure_future(router.ready.wait())):
-                log("info", "all services ready", services=len(self.kids))
+        tasks: list[asyncio.Task[None]] = []
+        all_ready = True
+        for stage in self.stages:
+            tasks += [asyncio.create_task(self._run_child(k)) for k in stage]
+            ready: asyncio.Future[Any] = asyncio.ensure_future(
+                asyncio.gather(*(k.ready.wait() for k in stage)))
+            if not await self._until(ready):
+                ready.cancel()
+                all_ready = False
+                break
+        if all_ready:
+            log("info", "all services ready", services=len(self.kids))
+            if self.on_ready is not None:
+                self.on_ready()
         await self.halt.wait()
-        ready.cancel()
         return await self.shutdown(tasks)
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
@@ -154,13 +169,27 @@ class Supervisor:
         return 2 if self.fatal else 0
 
 
-def run_topology(config_arg: str | None) -> int:
-    env = environ()
-    cfg = load_config(config_arg, env)  # refuse a bad config here, once, exit 2
-    env = secrets_env(cfg, env)
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    env = dict(env)
     env.setdefault("MALLOC_ARENA_MAX", "2")  # libvips + glibc arenas: see measured facts
     env["PYTHONUNBUFFERED"] = "1"
     # Children must import the same code, wherever `mediacdn` was started from.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return asyncio.run(Supervisor(children(cfg, config_arg), env).run())
+    return env
+
+
+def run_topology(config_arg: str | None) -> int:
+    env = environ()
+    cfg = load_config(config_arg, env)  # refuse a bad config here, once, exit 2
+    env = child_env(secrets_env(cfg, env))
+    return asyncio.run(Supervisor(topology(cfg), env).run())
+
+
+def run_workers(service: str, name: str, url: str, argvs: list[list[str]],
+                env: dict[str, str]) -> int:
+    """One service as several worker processes sharing its port (SO_REUSEPORT)."""
+    kids = [Child(service, name, argv, relay=False) for argv in argvs]
+    return asyncio.run(Supervisor([kids], child_env(env),
+                                  on_ready=lambda: print(f"{service} {name} {url}",
+                                                         flush=True)).run())

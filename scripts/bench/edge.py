@@ -59,7 +59,7 @@ async def seed(origin_dir: Path, static_dir: Path) -> list[str]:
 
 
 def write_config(tmp: Path, port: int, workers: int) -> Path:
-    cfg = tmp / "bench.toml"
+    cfg = tmp / f"bench-{workers}.toml"
     cfg.write_text(f"""
 log_level = "warning"
 [origin]
@@ -68,7 +68,7 @@ path = "{tmp / 'origin'}"
 [ingest]
 port = {free_port()}
 [edge]
-cache_root = "{tmp / 'cache'}"
+cache_root = "{tmp / f'cache-{workers}'}"
 memory_bytes = 268435456
 [router]
 port = {free_port()}
@@ -222,13 +222,32 @@ def main() -> int:
         edge.send_signal(signal.SIGTERM)
         edge.wait(20)
 
+        # Two workers each, both cores shared with wrk (-t2): the whole machine.
+        nginx = start_nginx(tmp, static, nginx_port, 2, "0,1")
+        wait_http(f"http://127.0.0.1:{nginx_port}{paths[0]}")
+        results["nginx (2 workers)"] = run_wrk(f"http://127.0.0.1:{nginx_port}", script,
+                                               args.seconds, args.connections, "0,1", 2)
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(10)
+        port2 = free_port()
+        edge2 = start_edge(write_config(tmp, port2, 2), "0,1")
+        base2 = f"http://127.0.0.1:{port2}"
+        asyncio.run(warm(base2, paths))
+        asyncio.run(warm(base2, paths))  # connections land on either worker: warm both
+        results["mediacdn edge (2 workers)"] = run_wrk(base2, script, args.seconds,
+                                                       args.connections, "0,1", 2)
+        edge2.send_signal(signal.SIGTERM)
+        edge2.wait(20)
+
     print(f"\nEdge hit path: {OBJECTS} objects of ~{SIZE // 1024} KB, all hits, "
           f"{args.connections} connections, server on core 0, wrk on core 1, "
           f"{args.seconds} s each")
     for name, r in results.items():
         print(r.row(name))
     ratio = results["mediacdn edge (1 worker)"].rps / results["nginx (1 worker, sendfile)"].rps
-    print(f"ratio edge/nginx: {ratio:.2f}x  (goal >= 0.6x)")
+    print(f"ratio edge/nginx, 1 worker each: {ratio:.2f}x  (goal >= 0.6x)")
+    ratio2 = results["mediacdn edge (2 workers)"].rps / results["nginx (2 workers)"].rps
+    print(f"ratio edge/nginx, 2 workers each (wrk on the same cores): {ratio2:.2f}x")
     print(f"edge RSS: {rss_idle:.0f} MiB after the run, {rss_1000:.0f} MiB with 1,000 open "
           "connections (goal <= 150 MB)")
     print(f"500 concurrent misses on one object: {origin_gets} origin GET(s) (goal 1), "
