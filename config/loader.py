@@ -193,9 +193,11 @@ def _transcode(t: Table) -> TranscodeConfig:
         webp_quality=t.integer("webp_quality", 80, lo=1, hi=100),
         jpeg_quality=t.integer("jpeg_quality", 82, lo=1, hi=100),
         avif_quality=t.integer("avif_quality", 55, lo=1, hi=100),
-        avif_effort=t.integer("avif_effort", 2, lo=0, hi=9),
+        # Measured at 1080 (18 MP photo, one core): effort 0 49 ms, 1 177 ms, 2 250 ms,
+        # 4 2.5 s, file sizes within 3% of each other; WebP q80 81 ms. So 0.
+        avif_effort=t.integer("avif_effort", 0, lo=0, hi=9),
         serve_originals=t.flag("serve_originals", False),
-        threads=t.integer("threads", 2, lo=1, hi=64),
+        workers=t.integer("workers", 2, lo=1, hi=64),
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
     )
     t.done()

@@ -57,7 +57,7 @@ class TranscodeConfig:
     avif_quality: int
     avif_effort: int
     serve_originals: bool
-    threads: int
+    workers: int  # transcode worker processes
     deadline_seconds: float
 
     def variant(self, name: str) -> Variant | None:

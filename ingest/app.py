@@ -14,7 +14,7 @@ from config.schema import Config
 from ingest import handlers
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL, IngestMetrics
 from origin import open_origin
-from transcode.pool import WorkerPool, configure_libvips
+from transcode.pool import WorkerPool
 
 
 def _metrics(registry: CollectorRegistry) -> IngestMetrics:
@@ -30,7 +30,6 @@ def _metrics(registry: CollectorRegistry) -> IngestMetrics:
 
 
 def create_app(cfg: Config) -> web.Application:
-    configure_libvips()
     app = web.Application(middlewares=[access_log_middleware, problem_middleware],
                           client_max_size=cfg.ingest.max_bytes)
     app[CONFIG] = cfg
@@ -43,8 +42,10 @@ def create_app(cfg: Config) -> web.Application:
             yield
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = WorkerPool(cfg.transcode.threads)
+        # The steps check the deadline cooperatively; past twice that, the worker is killed.
+        pool = WorkerPool(cfg.transcode.workers, hard_timeout=2 * cfg.transcode.deadline_seconds)
         app[POOL] = pool
+        await pool.start()
         yield
         pool.close()
 

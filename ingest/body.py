@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from aiohttp import BodyPartReader, web
 
@@ -29,13 +29,13 @@ class Upload:
     _memory: bytearray | None = None
     _file: BinaryIO | None = field(default=None, repr=False)
 
-    def read_all(self) -> bytes:
-        """Blocking when spooled: call from a worker thread."""
+    def source(self) -> bytes | str:
+        """What a transcode worker reads: the bytes, or the spool file's path."""
         if self._memory is not None:
             return bytes(self._memory)
         assert self._file is not None
-        self._file.seek(0)
-        return self._file.read()
+        self._file.flush()
+        return str(self._file.name)
 
     def open_stream(self) -> bytes | BinaryIO:
         if self._memory is not None:
@@ -50,7 +50,8 @@ class Upload:
 
 
 def _new_spool_file() -> BinaryIO:
-    return tempfile.TemporaryFile(prefix="mediacdn-upload-")
+    # Named, so a transcode worker process can open it; removed when closed.
+    return cast(BinaryIO, tempfile.NamedTemporaryFile(prefix="mediacdn-upload-"))
 
 
 class _Spool:

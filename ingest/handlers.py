@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import pyvips
 from aiohttp import web
 
 from common.auth import require_bearer
-from common.errors import BadRequest, NotFound, ServiceUnavailable, UnprocessableImage
+from common.errors import BadRequest, NotFound, ServiceUnavailable
 from common.hashing import is_content_id
 from config.schema import Config
 from ingest import manifest as M
-from ingest.body import Upload, read_upload
+from ingest.body import read_upload
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
 from ingest.store import delete_image, load_manifest, store
 from origin import purgelog
 from transcode.formats import sniff
-from transcode.ladder import Ladder, build
-from transcode.probe import Header, probe
+from transcode.job import transcode
 
 INFLIGHT = web.AppKey("inflight", dict)
 
@@ -60,20 +57,6 @@ def _answer(cfg: Config, manifest: dict[str, Any], status: int) -> web.Response:
                              headers={"Location": f"/v1/images/{manifest['id']}"})
 
 
-def _transcode(upload: Upload, cfg: Config) -> tuple[Header, Ladder, float]:
-    """In a worker thread: read, probe the header against the limits, then decode once."""
-    t0 = time.perf_counter()
-    data = upload.read_all()
-    try:
-        header = probe(data, cfg.ingest)
-        ladder = build(data, header, cfg.transcode)
-    except pyvips.Error as exc:  # libvips errors stop here, translated once
-        raise UnprocessableImage("the image could not be decoded") from exc
-    except MemoryError as exc:
-        raise UnprocessableImage("the image needs more memory than allowed") from exc
-    return header, ladder, time.perf_counter() - t0
-
-
 async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     metrics = request.app[METRICS]
@@ -92,7 +75,8 @@ async def upload(request: web.Request) -> web.Response:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         inflight[body.id] = fut
         try:
-            header, ladder, seconds = await request.app[POOL].run(_transcode, body, cfg)
+            header, ladder, seconds = await request.app[POOL].run(
+                transcode, body.source(), cfg.ingest, cfg.transcode)
             metrics.transcode_seconds.observe(seconds)
             manifest = await store(origin, body, header, ladder)
             fut.set_result(manifest)

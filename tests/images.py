@@ -116,3 +116,18 @@ HTML = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
 TEXT = b"just some text, not an image\n"
 ZIP = b"PK\x03\x04" + b"\x00" * 26 + b"hello"
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
+
+
+def noisy_jpeg(width: int = 1600, height: int = 1200) -> bytes:
+    """Incompressible pixels: a JPEG of a few MB, bigger than the upload spool threshold."""
+    import os
+
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    return jpeg(img)
+
+
+def big_png(width: int = 2000, height: int = 1000) -> bytes:
+    import os
+
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    return encode(img, "PNG")

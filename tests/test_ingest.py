@@ -104,6 +104,20 @@ async def test_upload_stores_original_every_variant_and_manifest(
     assert len([k for k in keys if k.startswith("variants/")]) == 8
 
 
+@pytest.mark.parametrize("maker", [images.noisy_jpeg, images.big_png], ids=["jpeg", "png"])
+async def test_bodies_spooled_to_disk_are_transcoded_from_the_file(
+    client: Client, cfg: Config, maker: Callable[[], bytes]
+) -> None:
+    data = maker()
+    assert len(data) > cfg.ingest.spool_bytes
+    status, body = await _upload(client, data)
+    assert status == 201 and body["id"] == content_id(data)
+    async with open_origin(cfg.origin) as o:
+        assert (await o.read(K.original(body["id"])))[1] == data
+    status, body = await _upload(client, images.cut(data, 0.7))
+    assert status == 422, body
+
+
 async def test_multipart_upload(client: Client) -> None:
     data = images.jpeg()
     form = aiohttp.FormData()

@@ -59,10 +59,10 @@ async def test_two_workers_share_port_cache_purges_and_stats(tmp_path: Path) -> 
         assert first[0][:2] == (200, "MISS")
         assert all(r[:2] == (200, "HIT") for r in first[1:])  # the other worker: disk tier
         await asyncio.sleep(2.2)
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"{edge.url}/_admin/purge", json={"ids": [image_id]},
-                              headers=ADMIN) as r:
-                assert r.status == 200
+        async with aiohttp.ClientSession() as s, s.post(
+            f"{edge.url}/_admin/purge", json={"ids": [image_id]}, headers=ADMIN
+        ) as r:
+            assert r.status == 200
         after = [await _get(url) for _ in range(30)]
         assert after[0][:2] == (200, "MISS")
         # No worker answers from a hot tier filled before the purge (Age would show it).

@@ -115,15 +115,15 @@ def _placeholder(smallest: pyvips.Image) -> tuple[str, str]:
     return uri, "#{:02x}{:02x}{:02x}".format(*avg)
 
 
-def build(data: bytes, header: Header, cfg: TranscodeConfig) -> Ladder:
-    """Runs in a worker thread: every call into libvips here blocks."""
+def build(source: steps.Source, header: Header, cfg: TranscodeConfig) -> Ladder:
+    """Runs in a worker process: every call into libvips here blocks."""
     deadline = Deadline(cfg.deadline_seconds)
     w, h = header.display_size
     need_w, need_h = _needed_box(cfg, w, h)
-    base = steps.to_srgb(steps.autorotate(steps.load(data, header, need_w, need_h)))
+    base = steps.to_srgb(steps.autorotate(steps.load(source, header, need_w, need_h)))
     deadline.check()
     stills = _sized(base, cfg, deadline)
-    frames = steps.to_srgb(steps.load_frames(data)) if header.animated else None
+    frames = steps.to_srgb(steps.load_frames(source)) if header.animated else None
     outputs: list[Encoded] = []
     for v, img in zip(cfg.variants, stills, strict=True):
         for fmt in cfg.formats:

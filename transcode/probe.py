@@ -31,10 +31,14 @@ class Header:
         return self.width, self.height
 
 
-def probe(data: bytes, limits: IngestConfig) -> Header:
-    fmt = sniff(data[:64])
+def probe(source: bytes | str, head: bytes, limits: IngestConfig) -> Header:
+    """`head`: the first bytes, for the type; `source`: the bytes or their file."""
+    fmt = sniff(head[:64])
     try:
-        img = pyvips.Image.new_from_buffer(data, "", access="sequential")
+        if isinstance(source, bytes):
+            img = pyvips.Image.new_from_buffer(source, "", access="sequential")
+        else:
+            img = pyvips.Image.new_from_file(source, access="sequential")
         frames = int(img.get("n-pages")) if "n-pages" in img.get_fields() else 1
         orientation = int(img.get("orientation")) if "orientation" in img.get_fields() else 1
         header = Header(fmt, img.width, img.height, max(1, frames), orientation)

@@ -13,38 +13,53 @@ import pyvips
 from common.errors import UnprocessableImage
 from config.schema import TranscodeConfig, Variant
 from transcode.formats import SourceFormat
-from transcode.gifcheck import check_gif_complete
 from transcode.probe import Header
 
 # Strict enough to reject truncated and corrupt data, lenient on harmless warnings.
 FAIL_ON = "error"
 
 
-def load(data: bytes, header: Header, need_width: int, need_height: int) -> pyvips.Image:
-    """Decode once, as small as the biggest variant allows, fully into memory.
+Source = bytes | str  # the upload's bytes, or the path of the file it was spooled to
 
-    The full decode (copy_memory) is also the validation: shrink-on-load views and lazy
-    loads let truncated files through, a complete decode with fail_on does not.
+
+def open_image(source: Source, **options: Any) -> pyvips.Image:
+    if isinstance(source, bytes):
+        return pyvips.Image.new_from_buffer(source, "", **options)
+    return pyvips.Image.new_from_file(source, **options)
+
+
+def load(source: Source, header: Header, need_width: int, need_height: int) -> pyvips.Image:
+    """Decode once, straight down to the smallest box the ladder needs, into memory.
+
+    One sequential pass: shrink-on-load where the format has it (JPEG, WebP), then the
+    resize, so a 50 MP PNG never sits in memory whole. The full decode is also the
+    validation: lazy or shrunk views let truncated files through, a complete decode with
+    fail_on does not. The box is in stored orientation; rotation comes after, on the
+    small image.
     """
-    if header.format is SourceFormat.GIF:
-        check_gif_complete(data)
-    options: dict[str, Any] = {"fail_on": FAIL_ON}
-    w, h = header.display_size
-    factor = min(w / max(need_width, 1), h / max(need_height, 1))
+    if header.orientation in (5, 6, 7, 8):
+        need_width, need_height = need_height, need_width
+    options: dict[str, Any] = {"fail_on": FAIL_ON, "access": "sequential"}
+    factor = min(header.width / max(need_width, 1), header.height / max(need_height, 1))
     if header.format is SourceFormat.JPEG and factor >= 2:
         options["shrink"] = 1 << min(3, int(math.log2(factor)))
     elif header.format is SourceFormat.WEBP and factor >= 2 and not header.animated:
         options["scale"] = 1 / factor
     try:
-        return pyvips.Image.new_from_buffer(data, "", **options).copy_memory()
+        img = open_image(source, **options)
+        scale = max(need_width / img.width, need_height / img.height)
+        if scale < 1:
+            img = _resize(img, max(1, round(img.width * scale)),
+                          max(1, round(img.height * scale)))
+        return img.copy_memory()
     except pyvips.Error as exc:
         raise UnprocessableImage("the image is corrupt or truncated") from exc
 
 
-def load_frames(data: bytes) -> pyvips.Image:
+def load_frames(source: Source) -> pyvips.Image:
     """Every frame of an animation, as one tall image with page-height set."""
     try:
-        return pyvips.Image.new_from_buffer(data, "", n=-1, fail_on=FAIL_ON).copy_memory()
+        return open_image(source, n=-1, fail_on=FAIL_ON).copy_memory()
     except pyvips.Error as exc:
         raise UnprocessableImage("the animation is corrupt or truncated") from exc
 
