@@ -215,6 +215,7 @@ def _edge_settings(t: Table) -> EdgeSettings:
         purge_poll_seconds=t.number("purge_poll_seconds", 2.0, lo=0.05),
         purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
         workers=t.integer("workers", 1, lo=1, hi=64),
+        access_log=t.text("access_log", "misses", choices=("all", "misses")),
     )
     t.done()
     return cfg

@@ -93,6 +93,7 @@ class EdgeSettings:
     purge_poll_seconds: float
     purge_retention_seconds: float
     workers: int
+    access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
     stats = EdgeStats()
     app[STATS] = stats
-    media = handlers.MediaHandler(stats, cfg.transcode)
+    media = handlers.MediaHandler(stats, cfg.transcode, log_hits=cfg.edge.access_log == "all")
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -47,7 +47,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
         ) as session:
             cache = EdgeCache(cfg, node, origin, stats, worker)
             cache.session = session
-            cache.fetch_seconds = register(registry, cache.totals, cache.responses)
+            cache.fetch_seconds = register(
+                registry, cache.totals, cache.responses,
+                lambda: (cache.disk.count(), cache.disk.volume()))
             app[CACHE] = cache
             sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,
                              cfg.edge.purge_retention_seconds)

@@ -29,9 +29,11 @@ log = logging.getLogger("mediacdn.edge.access")
 
 
 class MediaHandler:
-    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig) -> None:
+    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig,
+                 log_hits: bool = False) -> None:
         self.stats = stats
         self.transcode = transcode
+        self.log_hits = log_hits  # misses and errors are always logged
         # Set when the app starts (they live in its cleanup context).
         self.cache: EdgeCache | None = None
         self.sync: PurgeSync | None = None
@@ -51,6 +53,9 @@ class MediaHandler:
                 stats.fast_hits += 1
                 if request.method == "GET":
                     stats.bytes_served += hot.size
+                if self.log_hits:
+                    log.info("%s %s -> 200 HIT", request.method, request.path,
+                             extra={"status": 200, "cache": "HIT", "bytes": hot.size})
                 return HotResponse(hot, hot.hit_headers(int(time.time())))
         return await self.full(request, cache, sync)
 
@@ -74,6 +79,9 @@ class MediaHandler:
             return from_error(exc)
         if hit:
             stats.hits += 1
+            if self.log_hits:
+                log.info("%s %s -> %d HIT", request.method, request.path, resp.status,
+                         extra={"status": resp.status, "cache": "HIT", "bytes": entry.size})
         else:
             stats.misses += 1
             log.info("%s %s -> %d MISS", request.method, request.path, resp.status,

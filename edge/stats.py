@@ -50,11 +50,15 @@ DOCS = {
 GAUGES = {"memory_entries": "Entries in the hot tier", "memory_bytes": "Bytes in the hot tier"}
 
 
-class _Collector(Collector):
-    """Counters of every worker of the node, added up when Prometheus scrapes."""
+DiskUsage = Callable[[], tuple[int, int]]
 
-    def __init__(self, totals: Totals, responses: Responses) -> None:
-        self.totals, self.responses = totals, responses
+
+class _Collector(Collector):
+    """Counters of every worker of the node, added up when Prometheus scrapes (in a
+    thread: it reads the workers' snapshots and the disk tier's size)."""
+
+    def __init__(self, totals: Totals, responses: Responses, disk: DiskUsage) -> None:
+        self.totals, self.responses, self.disk = totals, responses, disk
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         t = self.totals()
@@ -68,10 +72,16 @@ class _Collector(Collector):
             yield CounterMetricFamily(f"mediacdn_edge_{name}", doc, value=t.get(name, 0))
         for name, doc in GAUGES.items():
             yield GaugeMetricFamily(f"mediacdn_edge_{name}", doc, value=t.get(name, 0))
+        entries, volume = self.disk()
+        yield GaugeMetricFamily("mediacdn_edge_cache_entries", "Entries in the disk tier",
+                                value=entries)
+        yield GaugeMetricFamily("mediacdn_edge_cache_bytes", "Bytes used by the disk tier",
+                                value=volume)
 
 
-def register(registry: CollectorRegistry, totals: Totals, responses: Responses) -> Histogram:
-    registry.register(_Collector(totals, responses))
+def register(registry: CollectorRegistry, totals: Totals, responses: Responses,
+             disk: DiskUsage) -> Histogram:
+    registry.register(_Collector(totals, responses, disk))
     return Histogram("mediacdn_edge_origin_fetch_seconds", "Upstream fetch latency "
                      "(this worker)", registry=registry,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -131,3 +131,23 @@ def big_png(width: int = 2000, height: int = 1000) -> bytes:
 
     img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
     return encode(img, "PNG")
+
+
+def png16(width: int = 400, height: int = 300) -> bytes:
+    """A 16-bit-per-channel RGB PNG (libvips writes what Pillow cannot)."""
+    import pyvips
+
+    img = pyvips.Image.new_from_memory(photo(width, height).tobytes(), width, height, 3, "uchar")
+    img = (img.cast("ushort") * 257).copy(interpretation="rgb16")
+    return bytes(img.pngsave_buffer(bitdepth=16))
+
+
+def p3_jpeg() -> bytes:
+    """A JPEG in Display P3 with the profile embedded: the pixels mean something else than
+    the same numbers in sRGB."""
+    import pyvips
+
+    w, h = 400, 300
+    img = pyvips.Image.new_from_memory(photo(w, h).tobytes(), w, h, 3, "uchar")
+    img = img.icc_export(output_profile="p3")
+    return bytes(img.jpegsave_buffer(Q=92, keep="icc"))

@@ -357,8 +357,29 @@ async def test_stats_ops_and_openapi(edge: Client, cfg: Config) -> None:
         text = await r.text()
         assert 'mediacdn_edge_requests_total{cache="HIT",status="200"} 1.0' in text
         assert "mediacdn_edge_origin_fetch_seconds_bucket" in text
+        assert "mediacdn_edge_cache_entries 1.0" in text
+        assert "mediacdn_edge_verify_failures_total 0.0" in text
     async with edge.get("/openapi.json") as r:
         assert (await r.json())["paths"]["/i/{id}/{name}"]
+
+
+async def test_access_log_lines_are_json(aiohttp_client: MakeClient, cfg: Config,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from common.logs import JsonFormatter
+
+    cfg = replace(cfg, edge=replace(cfg.edge, access_log="all"))
+    client = await aiohttp_client(create_app(cfg, cfg.edges[0]))
+    image_id, _ = await seed(cfg)
+    with caplog.at_level(logging.INFO, logger="mediacdn.edge.access"):
+        await get(client, f"/i/{image_id}/w320.webp")
+        await get(client, f"/i/{image_id}/w320.webp")
+    lines = [json.loads(JsonFormatter("edge").format(r)) for r in caplog.records
+             if r.name == "mediacdn.edge.access"]
+    assert [(x["status"], x["cache"]) for x in lines] == [(200, "MISS"), (200, "HIT")]
+    assert all(x["service"] == "edge" and x["level"] == "info" for x in lines)
 
 
 async def test_end_to_end_from_ingest(aiohttp_client: MakeClient, cfg: Config) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,53 @@ async def test_animated_gif_stays_animated_in_webp(client: Client, cfg: Config) 
     s150 = pyvips.Image.new_from_buffer(
         await _fetch_variant(cfg, body["id"], "s150", "webp"), "", n=-1)
     assert s150.get("n-pages") == 6 and s150.get("page-height") == 150
+
+
+async def test_animated_webp_stays_animated(client: Client, cfg: Config) -> None:
+    status, body = await _upload(client, images.animated_webp(frames=5))
+    assert status == 201 and body["frames"] == 5
+    webp = pyvips.Image.new_from_buffer(
+        await _fetch_variant(cfg, body["id"], "w320", "webp"), "", n=-1)
+    assert webp.get("n-pages") == 5
+
+
+async def test_sixteen_bit_png_ends_in_eight_bit_srgb(client: Client, cfg: Config) -> None:
+    data = images.png16()
+    assert _vips(data).format == "ushort"
+    status, body = await _upload(client, data)
+    assert status == 201
+    out = _vips(await _fetch_variant(cfg, body["id"], "w320", "webp"))
+    assert (out.format, out.interpretation, out.bands) == ("uchar", "srgb", 3)
+    r, g, b = Image.open(io.BytesIO(await _fetch_variant(cfg, body["id"], "w320", "jpg"))
+                         ).convert("RGB").getpixel((5, 5))
+    assert r > 200 and g < 60 and b < 60
+
+
+async def test_embedded_icc_profile_is_converted_to_srgb(client: Client, cfg: Config) -> None:
+    data = images.p3_jpeg()
+    assert "icc-profile-data" in _vips(data).get_fields()
+    status, body = await _upload(client, data)
+    assert status == 201
+    variant = await _fetch_variant(cfg, body["id"], "w320", "jpg")
+    assert "icc-profile-data" not in _vips(variant).get_fields()  # plain sRGB, no profile
+    # The P3 pixels, read through their profile, are the sRGB red of the source picture;
+    # read as if they were sRGB they would be about (231, 49, 35).
+    r, g, b = Image.open(io.BytesIO(variant)).convert("RGB").getpixel((5, 5))
+    assert r > 245 and g < 25 and b < 25, (r, g, b)
+
+
+async def test_avif_variants_when_enabled(tmp_path: Path, aiohttp_client: MakeClient) -> None:
+    base = make_config(tmp_path)
+    cfg = replace(base, transcode=replace(base.transcode, formats=("avif", "webp", "jpg")))
+    client = await aiohttp_client(create_app(cfg))
+    status, body = await _upload(client, images.jpeg())
+    assert status == 201
+    avifs = [v for v in body["variants"] if v["format"] == "avif"]
+    assert len(avifs) == 4
+    for v in avifs:
+        img = _vips(await _fetch_variant(cfg, body["id"], v["name"], "avif"))
+        assert (img.width, img.height) == (v["width"], v["height"])
+        assert img.get("vips-loader") == "heifload_buffer"
 
 
 async def test_variants_are_deterministic(tmp_path: Path, aiohttp_client: MakeClient) -> None:
