@@ -101,9 +101,16 @@ class DiskTier:
         return bool(self._writer.delete(key))
 
     def delete_prefix(self, prefix: str) -> int:
+        return self.delete_prefixes([prefix])
+
+    def delete_prefixes(self, prefixes: list[str]) -> int:
+        """Every entry under any of `prefixes`, in one transaction (a purge of thousands
+        of ids must not cost thousands of round trips)."""
         removed = 0
-        for key in self.keys_with_prefix(prefix):
-            removed += self.delete(key)
+        with self._writer.transact():
+            for prefix in prefixes:
+                for key in self.keys_with_prefix(prefix):
+                    removed += self.delete(key)
         return removed
 
     def keys_with_prefix(self, prefix: str) -> list[str]:

@@ -130,13 +130,13 @@ class EdgeCache:
                       extra={"error": type(exc).__name__})
 
     async def purge_ids(self, ids: list[str]) -> int:
-        removed = 0
-        for image_id in ids:
-            prefix = f"{image_id}/"
-            mem = self.memory.discard_prefix(prefix)
-            disk = await self.blocking(self.disk.delete_prefix, prefix)
+        prefixes = [f"{image_id}/" for image_id in ids]
+        in_memory = 0
+        for prefix in prefixes:
+            in_memory += self.memory.discard_prefix(prefix)
             self.negative.discard_prefix(prefix)
-            removed += max(mem, disk)
+        on_disk = await self.blocking(self.disk.delete_prefixes, prefixes)
+        removed = max(in_memory, on_disk)  # the hot tier holds a subset of the disk tier
         self.stats.purged += removed
         self.generation.bump()  # the node's other workers drop their hot tiers
         return removed

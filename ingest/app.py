@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,8 +15,25 @@ from common.problem import problem_middleware
 from config.schema import Config
 from ingest import handlers
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL, IngestMetrics
-from origin import open_origin
+from origin import Origin, open_origin, purgelog
 from transcode.pool import WorkerPool
+
+log = logging.getLogger("mediacdn.ingest")
+
+
+async def _compact_forever(origin: Origin, retention: float) -> None:
+    """Drop purge records older than the retention (edges down longer than that purge
+    everything when they return), a few times per retention period."""
+    while True:
+        try:
+            removed = await purgelog.compact(origin, retention)
+            if removed:
+                log.info("compacted %d purge record(s)", removed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the origin away: try again next round
+            log.warning("purge log compaction failed: %s", exc)
+        await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
 
 
 def _metrics(registry: CollectorRegistry) -> IngestMetrics:
@@ -49,7 +68,13 @@ def create_app(cfg: Config) -> web.Application:
         yield
         pool.close()
 
-    app.cleanup_ctx.extend([origin_ctx, pool_ctx])
+    async def compaction_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_compact_forever(app[ORIGIN], cfg.edge.purge_retention_seconds))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.extend([origin_ctx, pool_ctx, compaction_ctx])
 
     async def ready(app: web.Application) -> str | None:
         try:

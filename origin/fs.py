@@ -123,9 +123,16 @@ class FsOrigin:
             raise
 
     async def read(self, key: str) -> tuple[ObjectInfo, bytes]:
-        async with self.open(key) as reader:
-            data = b"".join([c async for c in reader.iter_chunks()])
-            return reader.info, data
+        # One thread hop for open, read and close (a catch-up reads thousands of records).
+        return await asyncio.to_thread(self._read_sync, key, self._path(key))
+
+    def _read_sync(self, key: str, path: Path) -> tuple[ObjectInfo, bytes]:
+        fh, info, _ = self._open_sync(key, path)
+        with fh:
+            data = fh.read()
+        if len(data) != info.size:
+            raise OriginUnavailable(f"origin object {key} is shorter than its header says")
+        return info, data
 
     async def head(self, key: str) -> ObjectInfo:
         fh, info, _ = await asyncio.to_thread(self._open_sync, key, self._path(key))

@@ -6,6 +6,7 @@ it applied, and "what did I miss" is one list call with StartAfter.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -41,18 +42,26 @@ async def append(origin: Origin, *, ids: list[str], purge_all: bool = False,
     return PurgeRecord(key, tuple(ids), purge_all, region, reason, at)
 
 
-async def read_since(origin: Origin, cursor: str, limit: int = 1000) -> list[PurgeRecord]:
-    records = []
-    for key in await origin.list(K.PURGES_PREFIX, start_after=cursor, limit=limit):
-        try:
-            _, data = await origin.read(key)
-        except NotFound:  # compacted between list and read
-            continue
+async def read_since(origin: Origin, cursor: str, limit: int = 1000,
+                     parallel: int = 32) -> list[PurgeRecord]:
+    """Records after `cursor`, in order; fetched `parallel` at a time (a catch-up over
+    thousands of records must not cost thousands of sequential round trips)."""
+    keys = await origin.list(K.PURGES_PREFIX, start_after=cursor, limit=limit)
+    slots = asyncio.Semaphore(parallel)
+
+    async def fetch(key: str) -> PurgeRecord | None:
+        async with slots:
+            try:
+                _, data = await origin.read(key)
+            except NotFound:  # compacted between list and read
+                return None
         raw = json.loads(data)
         ids = tuple(i for i in raw.get("ids", []) if isinstance(i, str) and is_content_id(i))
-        records.append(PurgeRecord(key, ids, bool(raw.get("all")), raw.get("region"),
-                                   str(raw.get("reason", "purge")), int(raw.get("at_ns", 0))))
-    return records
+        return PurgeRecord(key, ids, bool(raw.get("all")), raw.get("region"),
+                           str(raw.get("reason", "purge")), int(raw.get("at_ns", 0)))
+
+    found = await asyncio.gather(*(fetch(k) for k in keys))
+    return [r for r in found if r is not None]
 
 
 async def compact(origin: Origin, older_than_seconds: float) -> int:
