@@ -20,10 +20,17 @@ def announce(service: str, name: str, url: str) -> None:
     sys.stdout.flush()
 
 
+# A connection that has not sent a complete request this long after connecting (or after
+# its last response) is closed: aiohttp arms this timer at connect, and it fires whatever
+# trickle of bytes a slow client (slowloris) sends. aiohttp's default is an hour.
+IDLE_TIMEOUT = 20.0
+
+
 async def serve(app: web.Application, *, service: str, name: str, host: str, port: int,
                 sock: socket.socket | None = None, reuse_port: bool = False,
-                shutdown_timeout: float = 10.0) -> None:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+                shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           keepalive_timeout=idle_timeout)
     await runner.setup()
     try:
         site: web.BaseSite

@@ -216,9 +216,19 @@ def _edge_settings(t: Table) -> EdgeSettings:
         purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
         workers=t.integer("workers", 1, lo=1, hi=64),
         access_log=t.text("access_log", "misses", choices=("all", "misses")),
+        cors_allow_origin=_cors(t),
     )
     t.done()
     return cfg
+
+
+def _cors(t: Table) -> str:
+    value = t.get_raw("cors_allow_origin", "*")
+    if not isinstance(value, str) or not (value in ("*", "") or re.fullmatch(
+            r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", value)):
+        raise ConfigError(t.key("cors_allow_origin"),
+                          f'must be "*", "" or one origin like https://example.com; got {value!r}')
+    return value
 
 
 def _edge_node(t: Table, defaults: EdgeSettings) -> EdgeNode:

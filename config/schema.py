@@ -94,6 +94,7 @@ class EdgeSettings:
     purge_retention_seconds: float
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
+    cors_allow_origin: str  # "*" (default), one origin, or "" for no CORS headers
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class Table:
             raise ConfigError(self.key(name), "must be an array of tables ([[...]])")
         return [Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
 
+    def get_raw(self, name: str, default: Any) -> Any:
+        return self._get(name, default)
+
     def only(self, *names: str) -> None:
         """Refuse unknown keys up front, so a typo is named as itself and not as a
         missing required key."""

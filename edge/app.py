@@ -83,7 +83,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
 
     # The media route first: aiohttp tries resources in the order they were added.
     app.router.add_get("/i/{id}/{name}", media.handle)
-    app.router.add_route("*", "/i/{id}/{name}", handlers.method_not_allowed)
+    app.router.add_route("*", "/i/{id}/{name}",
+                         handlers.Preflight(cfg.edge.cors_allow_origin).handle)
     add_ops_routes(app, registry, ready)
     app.router.add_post("/_admin/purge", with_problems(admin.purge))
     app.router.add_get("/_admin/stats", with_problems(admin.stats))

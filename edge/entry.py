@@ -27,6 +27,7 @@ class Entry:
             "Accept-Ranges": "bytes",
         }
 
+
     @property
     def size(self) -> int:
         return len(self.body)
@@ -42,3 +43,14 @@ class Entry:
 
 def content_type_for(key: str) -> str:
     return MEDIA_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+
+
+def cors_headers(allow_origin: str) -> dict[str, str]:
+    """Public, immutable bytes: readable cross-origin, never with credentials."""
+    if not allow_origin:
+        return {}
+    headers = {"Access-Control-Allow-Origin": allow_origin, "Timing-Allow-Origin": allow_origin,
+               "Access-Control-Expose-Headers": "ETag, Content-Range, X-Cache, Age"}
+    if allow_origin != "*":
+        headers["Vary"] = "Origin"
+    return headers

@@ -17,6 +17,7 @@ from aiohttp import web
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
 from config.schema import TranscodeConfig
+from edge.entry import cors_headers
 from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
@@ -69,8 +70,9 @@ class MediaHandler:
             target = resolve(request.match_info["id"], request.match_info["name"],
                              request.headers.get("Accept", ""), self.transcode)
             entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
-            resp = respond(request, entry, hit, target.negotiated)
+            resp = respond(request, entry, hit, target.negotiated, cache.cors)
         except MediaCDNError as exc:
+            exc.headers.update(cache.cors)  # errors readable cross-origin too
             if exc.status >= 500:
                 stats.errors += 1
                 log.warning("%s %s -> %d %s", request.method, request.path, exc.status,
@@ -90,6 +92,22 @@ class MediaHandler:
             stats.bytes_served += len(resp.body)
         stats.responses[(resp.status, "HIT" if hit else "MISS")] += 1
         return resp
+
+
+class Preflight:
+    """CORS preflight for the media route (a browser sends one before a GET with Range)."""
+
+    def __init__(self, allow_origin: str) -> None:
+        self.headers = cors_headers(allow_origin)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method != "OPTIONS" or not self.headers:
+            return await method_not_allowed(request)
+        return web.Response(status=204, headers={
+            **self.headers, "Access-Control-Allow-Methods": "GET, HEAD",
+            "Access-Control-Allow-Headers": "Range, If-None-Match, If-Range, Accept",
+            "Access-Control-Expose-Headers": "ETag, Content-Range, X-Cache, Age",
+            "Access-Control-Max-Age": "86400"})
 
 
 async def method_not_allowed(request: web.Request) -> web.Response:

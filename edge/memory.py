@@ -69,7 +69,9 @@ def _fd_budget(reserve: int = 1024) -> int:
 
 
 class MemoryTier:
-    def __init__(self, max_bytes: int, max_object_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_object_bytes: int,
+                 extra_headers: dict[str, str] | None = None) -> None:
+        self.extra_headers = extra_headers or {}  # e.g. CORS, on every hot response
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
         self.max_entries = _fd_budget() if max_bytes else 0
@@ -99,7 +101,7 @@ class MemoryTier:
             os.close(fd)
             return
         hot = HotEntry(entry.key, fd, entry.size, entry.blake3, entry.content_type,
-                       entry.stored_at, entry.headers)
+                       entry.stored_at, {**entry.headers, **self.extra_headers})
         self._drop(entry.key)
         self._items[entry.key] = hot
         self.bytes += hot.size

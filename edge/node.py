@@ -19,7 +19,7 @@ from prometheus_client import Histogram
 from common.errors import IntegrityError, MediaCDNError, NotFound, OriginTimeout, OriginUnavailable
 from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier
-from edge.entry import Entry
+from edge.entry import Entry, cors_headers
 from edge.fill import NegativeCache, SingleFlight, fetch_verified
 from edge.memory import MemoryTier
 from edge.peer import fetch_from_peer
@@ -38,7 +38,8 @@ class EdgeCache:
         self.cfg, self.node, self.origin, self.stats = cfg, node, origin, stats
         self.generation = PurgeGeneration(node.cache_dir / "purge.gen")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
-        self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes)
+        self.cors = cors_headers(cfg.edge.cors_allow_origin)
+        self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = DiskTier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
         self.flight = SingleFlight()

@@ -48,15 +48,17 @@ def _byte_range(request: web.Request, entry: Entry) -> tuple[int, int] | None:
     return start, end
 
 
-def respond(request: web.Request, entry: Entry, hit: bool, negotiated: bool) -> web.Response:
+def respond(request: web.Request, entry: Entry, hit: bool, negotiated: bool,
+            extra: dict[str, str]) -> web.Response:
     headers = entry.headers.copy()
+    headers.update(extra)
     if hit:
         headers["X-Cache"] = "HIT"
         headers["Age"] = str(max(0, int(time.time() - entry.stored_at)))
     else:
         headers["X-Cache"] = "MISS"
     if negotiated:
-        headers["Vary"] = "Accept"
+        headers["Vary"] = "Accept, Origin" if "Vary" in headers else "Accept"
     if _not_modified(request, entry):
         del headers["Content-Type"]
         return web.Response(status=304, headers=headers)

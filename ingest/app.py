@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.access import access_log_middleware
 from common.ops import add_ops_routes
@@ -64,6 +64,9 @@ def create_app(cfg: Config) -> web.Application:
         # The steps check the deadline cooperatively; past twice that, the worker is killed.
         pool = WorkerPool(cfg.transcode.workers, hard_timeout=2 * cfg.transcode.deadline_seconds)
         app[POOL] = pool
+        Gauge("mediacdn_ingest_worker_restarts", "Transcode worker pools restarted (a job "
+              "killed past its deadline, or a worker that died)", registry=registry
+              ).set_function(lambda: pool.restarts)
         await pool.start()
         yield
         pool.close()
