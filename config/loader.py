@@ -152,6 +152,7 @@ def _ingest(t: Table) -> IngestConfig:
         max_dimension=t.integer("max_dimension", 16384, lo=1, hi=65535),
         max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
         spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
+        idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
     )
     t.done()
     return cfg
@@ -217,6 +218,7 @@ def _edge_settings(t: Table) -> EdgeSettings:
         workers=t.integer("workers", 1, lo=1, hi=64),
         access_log=t.text("access_log", "misses", choices=("all", "misses")),
         cors_allow_origin=_cors(t),
+        idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
     )
     t.done()
     return cfg

@@ -78,6 +78,7 @@ class IngestConfig:
     max_dimension: int
     max_frames: int
     spool_bytes: int
+    idle_timeout: float
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class EdgeSettings:
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
     cors_allow_origin: str  # "*" (default), one origin, or "" for no CORS headers
+    idle_timeout: float  # close a connection that sends no whole request for this long
 
 
 @dataclass(frozen=True)

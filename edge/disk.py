@@ -13,6 +13,7 @@ Every method blocks: call them from the node's I/O threads, never on the event l
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -130,6 +131,56 @@ class DiskTier:
         return int(self._reader.volume())
 
     def close(self) -> None:
-        self.flush_recency()
+        # A full or broken disk: recency is advisory, and closing must not fail.
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self.flush_recency()
         self._reader.close()
         self._writer.close()
+
+
+class NoDiskTier(DiskTier):
+    """Stands in when the cache directory cannot be opened (unwritable, full, broken): the
+    node serves from upstream without caching on disk, and says so in logs and metrics."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.size_limit = 0
+        self._touched = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Entry | None:
+        return None
+
+    def put(self, entry: Entry) -> int:
+        raise OSError(f"no disk tier: {self.reason}")
+
+    def evict_to_limit(self) -> int:
+        return 0
+
+    def flush_recency(self) -> int:
+        self._touched = set()
+        return 0
+
+    def contains(self, key: str) -> bool:
+        return False
+
+    def delete(self, key: str) -> bool:
+        return False
+
+    def delete_prefixes(self, prefixes: list[str]) -> int:
+        return 0
+
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        return []
+
+    def clear(self) -> int:
+        return 0
+
+    def count(self) -> int:
+        return 0
+
+    def volume(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
@@ -18,7 +20,7 @@ from prometheus_client import Histogram
 
 from common.errors import IntegrityError, MediaCDNError, NotFound, OriginTimeout, OriginUnavailable
 from config.schema import Config, EdgeNode
-from edge.disk import CorruptEntry, DiskTier
+from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
 from edge.fill import NegativeCache, SingleFlight, fetch_verified
 from edge.memory import MemoryTier
@@ -32,6 +34,15 @@ log = logging.getLogger("mediacdn.edge")
 T = TypeVar("T")
 
 
+def open_disk_tier(directory: Path, size_limit: int) -> DiskTier:
+    try:
+        return DiskTier(directory, size_limit)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cache directory %s is unusable (%s): serving without a disk cache",
+                  directory, exc, extra={"error": type(exc).__name__})
+        return NoDiskTier(str(exc))
+
+
 class EdgeCache:
     def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats,
                  worker: int = 0) -> None:
@@ -40,7 +51,7 @@ class EdgeCache:
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.cors = cors_headers(cfg.edge.cors_allow_origin)
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
-        self.disk = DiskTier(node.cache_dir / "objects", node.cache_bytes)
+        self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
         self.flight = SingleFlight()
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
@@ -190,6 +201,7 @@ class EdgeCache:
             "memory_evictions": self.memory.evictions,
             "disk_evictions": self.disk_evictions,
             "collapsed_waiters": self.flight.collapsed,
+            "disk_unavailable": int(isinstance(self.disk, NoDiskTier)),
         }
 
     async def disk_usage(self) -> tuple[int, int]:

@@ -31,14 +31,19 @@ class PurgeSync:
     def _load_cursor(self) -> str:
         try:
             value = self.cursor_file.read_text().strip()
-        except FileNotFoundError:
+        except OSError:
             return ""
         return value if value.startswith(K.PURGES_PREFIX) and K.is_valid_key(value) else ""
 
     def _save_cursor(self, cursor: str) -> None:
         tmp = self.cursor_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(cursor)
-        os.replace(tmp, self.cursor_file)
+        try:
+            tmp.write_text(cursor)
+            os.replace(tmp, self.cursor_file)
+        except OSError as exc:
+            # The records are applied; only the bookmark is lost, so a restart re-applies
+            # them (idempotent). Never a reason to stop serving.
+            log.warning("could not save the purge cursor: %s", exc)
 
     async def start(self) -> None:
         self.cursor = await self.cache.blocking(self._load_cursor)

@@ -20,14 +20,19 @@ from edge.stats import EdgeStats
 
 class PurgeGeneration:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < 8:
-                os.ftruncate(fd, 8)
-            self._map = mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            # An unusable cache directory: no disk tier to share, so a private counter.
+            self._map = mmap.mmap(-1, 8)
+        else:
+            try:
+                if os.fstat(fd).st_size < 8:
+                    os.ftruncate(fd, 8)
+                self._map = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
         self._view = memoryview(self._map).cast("Q")
         self.seen = self._view[0]
 
@@ -58,12 +63,15 @@ class StatsBoard:
     def __init__(self, directory: Path, worker: int, workers: int) -> None:
         self.directory = directory
         self.worker = worker
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"worker-{worker}.json"
-        for f in directory.glob("worker-*.json"):  # left by a run with more workers
-            index = f.stem.removeprefix("worker-")
-            if not index.isdigit() or int(index) >= workers:
-                f.unlink(missing_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for f in directory.glob("worker-*.json"):  # left by a run with more workers
+                index = f.stem.removeprefix("worker-")
+                if not index.isdigit() or int(index) >= workers:
+                    f.unlink(missing_ok=True)
+        except OSError:
+            pass  # unusable cache directory: publish() fails, housekeeping logs it
 
     def publish(self, stats: EdgeStats, extra: dict[str, int]) -> None:
         data: dict[str, Any] = {k: getattr(stats, k) for k in COUNTERS}

@@ -47,7 +47,8 @@ DOCS = {
     "memory_evictions": "Entries evicted from the hot tier",
     "collapsed_waiters": "Requests that waited on another request's fill",
 }
-GAUGES = {"memory_entries": "Entries in the hot tier", "memory_bytes": "Bytes in the hot tier"}
+GAUGES = {"memory_entries": "Entries in the hot tier", "memory_bytes": "Bytes in the hot tier",
+          "disk_unavailable": "1 when the cache directory is unusable (serving uncached)"}
 
 
 DiskUsage = Callable[[], tuple[int, int]]

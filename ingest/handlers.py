@@ -8,14 +8,20 @@ from typing import Any
 from aiohttp import web
 
 from common.auth import require_bearer
-from common.errors import BadRequest, NotFound, ServiceUnavailable
+from common.errors import (
+    BadRequest,
+    NotFound,
+    OriginTimeout,
+    OriginUnavailable,
+    ServiceUnavailable,
+)
 from common.hashing import is_content_id
 from config.schema import Config
 from ingest import manifest as M
 from ingest.body import read_upload
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
-from ingest.store import delete_image, load_manifest, store
+from ingest.store import delete_image, load_manifest, store, unavailable
 from origin import purgelog
 from transcode.formats import sniff
 from transcode.job import transcode
@@ -119,7 +125,10 @@ async def delete(request: web.Request) -> web.Response:
     if await load_manifest(origin, image_id) is None:
         raise NotFound(f"no image {image_id}")
     # Record first: even if the delete stops half-way, every edge will drop the id.
-    await purgelog.append(origin, ids=[image_id], reason="delete")
+    try:
+        await purgelog.append(origin, ids=[image_id], reason="delete")
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
     await delete_image(origin, image_id)
     return web.Response(status=204)
 

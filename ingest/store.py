@@ -21,11 +21,18 @@ from transcode.probe import Header
 PARALLEL_PUTS = 4
 
 
+def unavailable(exc: OriginUnavailable | OriginTimeout) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the origin is unavailable ({exc.detail}); nothing was "
+                              "changed, retry later", headers={"Retry-After": "5"})
+
+
 async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
     try:
         _, data = await origin.read(K.manifest(image_id))
     except NotFound:
         return None
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
     return M.decode(data)
 
 
@@ -47,15 +54,16 @@ async def store(origin: Origin, upload: Upload, header: Header, ladder: Ladder) 
         await origin.put(K.manifest(upload.id), M.encode(manifest), "application/json",
                          {"blake3": upload.id})
     except (OriginUnavailable, OriginTimeout) as exc:
-        raise ServiceUnavailable(f"the origin could not store the image ({exc.detail}); "
-                                 "nothing was published, retry later",
-                                 headers={"Retry-After": "5"}) from exc
+        raise unavailable(exc) from exc
     return manifest
 
 
 async def delete_image(origin: Origin, image_id: str) -> None:
     """Manifest first, so a half-done delete never leaves a manifest pointing at nothing."""
-    await origin.delete(K.manifest(image_id))
-    for key in await origin.list(K.variants_prefix(image_id), limit=10_000):
-        await origin.delete(key)
-    await origin.delete(K.original(image_id))
+    try:
+        await origin.delete(K.manifest(image_id))
+        for key in await origin.list(K.variants_prefix(image_id), limit=10_000):
+            await origin.delete(key)
+        await origin.delete(K.original(image_id))
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc

@@ -28,7 +28,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     setup_logging("ingest", cfg.log_level)
     uvloop.run(serve(create_app(cfg), service="ingest", name="ingest", host=cfg.ingest.host,
-                     port=cfg.ingest.port))
+                     port=cfg.ingest.port, idle_timeout=cfg.ingest.idle_timeout))
     return 0
 
 
@@ -53,7 +53,8 @@ def run_edge(args: argparse.Namespace) -> int:
     setup_logging(f"edge/{node.name}" + (f"#{worker}" if node.workers > 1 else ""),
                   cfg.log_level)
     uvloop.run(serve(create_app(cfg, node, worker), service="edge", name=node.name,
-                     host=node.host, port=node.port, reuse_port=node.workers > 1))
+                     host=node.host, port=node.port, reuse_port=node.workers > 1,
+                     idle_timeout=cfg.edge.idle_timeout))
     return 0
 
 

@@ -22,6 +22,7 @@ class CountingProxy:
         self.upstream = upstream.rstrip("/")
         self.counts: Counter[tuple[str, str]] = Counter()
         self.delay = 0.0
+        self.fail_after_puts: int | None = None  # then answer 503 SlowDown to everything
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -37,6 +38,11 @@ class CountingProxy:
         self.counts[(request.method, request.path)] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        puts = sum(n for (m, _), n in self.counts.items() if m in ("PUT", "POST"))
+        if self.fail_after_puts is not None and puts > self.fail_after_puts:
+            return web.Response(status=503, content_type="application/xml", body=(
+                b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"
+                b"<Message>injected by the test</Message></Error>"))
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         body = await request.read()
