@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from common.errors import BadRequest, PayloadTooLarge
 from common.hashing import Hasher
@@ -115,8 +116,8 @@ async def read_upload(request: web.Request, limit: int, threshold: int) -> Uploa
 async def _read_multipart(request: web.Request, spool: _Spool) -> None:
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        raise BadRequest(f"malformed multipart body: {_short(exc)}") from exc
     found = False
     try:
         while (part := await reader.next()) is not None:
@@ -131,8 +132,13 @@ async def _read_multipart(request: web.Request, spool: _Spool) -> None:
                     spool.size += len(chunk)
                     if spool.size > spool.limit:
                         raise PayloadTooLarge(f"the body is over {spool.limit} bytes")
-    except (ValueError, AssertionError) as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        # aiohttp's multipart reader raises InvalidHeader for a bad part header.
+        raise BadRequest(f"malformed multipart body: {_short(exc)}") from exc
     if not found:
         raise BadRequest("multipart body without a 'file' field")
 
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120]

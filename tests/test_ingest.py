@@ -325,6 +325,18 @@ async def test_wrong_or_missing_key(client: Client, cfg: Config) -> None:
     assert await _origin_keys(cfg) == []
 
 
+async def test_multipart_with_a_control_character_in_a_part_header_is_400(
+    client: Client
+) -> None:
+    # Found by schemathesis: aiohttp raises InvalidHeader here, which was a 500.
+    b = "x1y2"
+    body = (f'--{b}\r\nContent-Disposition: form-data; name="a\x04b"\r\n\r\nnull\r\n'
+            f"--{b}--\r\n").encode("latin-1")
+    async with client.post("/v1/images", data=body, headers={
+            **AUTH, "Content-Type": f"multipart/form-data; boundary={b}"}) as r:
+        assert r.status == 400 and r.content_type == "application/problem+json"
+
+
 async def test_multipart_without_file_is_400(client: Client) -> None:
     form = aiohttp.FormData()
     form.add_field("image", images.jpeg(), filename="x.jpg")

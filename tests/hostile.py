@@ -1,0 +1,91 @@
+"""A corpus of hostile and awkward inputs, made by code (no binary blobs), each with the
+status the contract promises for it."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+from PIL import Image
+
+from tests import images
+
+
+def _jpeg_with_segment(marker: int, payload: bytes) -> bytes:
+    """A valid JPEG with one more APPn segment right after SOI."""
+    data = images.jpeg(images.photo(320, 200))
+    seg = bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + seg + data[2:]
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A small baseline JPEG whose SOF0 claims another size."""
+    data = bytearray(images.jpeg(images.photo(64, 64)))
+    i = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, i + 5, height, width)
+    return bytes(data)
+
+
+def _exif_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return images.jpeg(images.photo(300, 200), exif=exif.tobytes())
+
+
+def _progressive(width: int, height: int) -> bytes:
+    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80, progressive=True)
+    return buf.getvalue()
+
+
+def _palette_alpha() -> bytes:
+    img = images.photo(300, 200).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    img.info["transparency"] = 0
+    return images.encode(img, "PNG", transparency=0)
+
+
+def _grey_alpha() -> bytes:
+    img = images.photo(300, 200).convert("LA")
+    return images.encode(img, "PNG")
+
+
+def corpus() -> list[tuple[str, bytes, int]]:
+    jpeg = images.jpeg(images.photo(1200, 800))
+    png = images.png_alpha()
+    webp = images.encode(images.photo(), "WEBP")
+    gif = images.animated_gif()
+    items: list[tuple[str, bytes, int]] = []
+    for name, data in (("jpeg", jpeg), ("png", png), ("webp", webp), ("gif", gif)):
+        for cut in (0.05, 0.5, 0.9, 0.99):
+            items.append((f"truncated-{name}-{cut}", images.cut(data, cut), 422))
+    items += [
+        ("png-declares-100000x100000", images.png_declaring(100_000, 100_000), 422),
+        ("png-declares-1x1000000", images.png_declaring(1, 1_000_000), 422),
+        ("png-declares-1000000x1", images.png_declaring(1_000_000, 1), 422),
+        ("jpeg-declares-65000x65000", _jpeg_declaring(65_000, 65_000), 422),
+        ("progressive-jpeg-48mp", _progressive(8000, 6000), 201),
+        ("gif-3000-frames", images.many_frame_gif(3000), 422),
+        ("zero-bytes", b"", 400),
+        ("one-byte", b"\xff", 415),
+        ("jpeg-magic-random", b"\xff\xd8\xff\xe0" + os.urandom(5000), 422),
+        ("svg", images.SVG, 415),
+        ("svg-no-script", b'<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>', 415),
+        ("pdf", images.PDF, 415),
+        ("html", images.HTML, 415),
+        ("zip", images.ZIP, 415),
+        ("elf", images.ELF, 415),
+        ("jpeg+zip-polyglot", images.jpeg(images.photo(300, 200)) + images.ZIP * 20, 201),
+        ("cmyk", images.cmyk_jpeg(), 201),
+        ("16-bit-png", images.png16(), 201),
+        ("palette+alpha", _palette_alpha(), 201),
+        ("grey+alpha", _grey_alpha(), 201),
+        ("malformed-icc", _jpeg_with_segment(0xE2, b"ICC_PROFILE\x00\x01\x01" + os.urandom(300)),
+         201),
+        ("malformed-exif", _jpeg_with_segment(0xE1, b"Exif\x00\x00" + os.urandom(200)), 201),
+        ("exif-orientation-0", _exif_orientation(0), 201),
+        ("exif-orientation-9", _exif_orientation(9), 201),
+        ("exif-orientation-65535", _exif_orientation(65535), 201),
+    ]
+    return items
