@@ -89,7 +89,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     app.router.add_post("/_admin/purge", with_problems(admin.purge))
     app.router.add_get("/_admin/stats", with_problems(admin.stats))
     app.router.add_get("/openapi.json", with_problems(_openapi))
-    app.router.add_route("*", "/{tail:.*}", _not_found)
+    # Any path at all, newlines included ("." would not match an encoded %0A).
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _not_found)
     return app
 
 
