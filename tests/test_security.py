@@ -137,3 +137,44 @@ async def test_any_path_gets_a_problem_never_a_500(
         assert r.status in (400, 404, 405), (path, r.status)
         assert r.content_type == "application/problem+json", (path, r.status, await r.text())
     await client.close()
+
+
+async def test_no_client_supplied_url_is_ever_fetched(aiohttp_client: MakeClient,
+                                                      tmp_path: Path) -> None:
+    """SSRF: upstreams come from the config only (origin, the region's owner edge)."""
+    import asyncio
+
+    from edge.router.app import create_app as create_router
+    hits: list[str] = []
+
+    async def trap(request: Any) -> Any:
+        from aiohttp import web
+
+        hits.append(request.path)
+        return web.Response(text="secret")
+
+    from aiohttp import web
+
+    trap_app = web.Application()
+    trap_app.router.add_route("*", "/{tail:.*}", trap)
+    trap_client = await aiohttp_client(trap_app)
+    trap_url = str(trap_client.make_url("/latest/meta-data"))
+
+    cfg = make_config(tmp_path)
+    edge = await aiohttp_client(create_edge(cfg, cfg.edges[0]))
+    host, port = edge.server.host, edge.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {trap_url} HTTP/1.1\r\nHost: {trap_url.split('/')[2]}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    status_line = (await reader.readline()).decode()
+    writer.close()
+    assert status_line.split()[1] in ("400", "404")
+    for headers in ({"X-MediaCDN-Peer": trap_url}, {"Host": trap_url.split("/")[2]},
+                    {"X-Forwarded-Host": trap_url.split("/")[2]}, {"Referer": trap_url}):
+        async with edge.get(f"/i/{ID}/w320.webp", headers=headers) as r:
+            assert r.status == 404
+    router = await aiohttp_client(create_router(cfg))
+    for query in (f"region={trap_url}", f"id={trap_url}", f"country={trap_url}"):
+        async with router.get(f"/v1/route?{query}") as r:
+            assert r.status in (200, 400, 503)  # 503: no edge runs in this test
+    assert hits == []  # nothing anywhere followed a URL the client gave
