@@ -9,6 +9,7 @@ import pytest
 
 from config.schema import OriginConfig
 from origin import Origin, open_origin
+from tests.proxy import CountingProxy
 from tests.s3server import S3Server, suite_server
 
 
@@ -66,3 +67,12 @@ def origin_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> OriginConfig:
 async def origin(origin_cfg: OriginConfig) -> AsyncIterator[Origin]:
     async with open_origin(origin_cfg) as o:
         yield o
+
+
+@pytest.fixture
+async def proxy(s3_server: S3Server) -> AsyncIterator[CountingProxy]:
+    """The suite's S3 server behind a counting, stoppable reverse proxy."""
+    p = CountingProxy(s3_server.endpoint)
+    await p.start()
+    yield p
+    await p.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,6 @@ from tests.s3server import S3Server
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
 LADDER = [(n, f) for n in ("w1080", "w640", "w320", "s150") for f in ("webp", "jpg")]
-
-
-@pytest.fixture
-async def proxy(s3_server: S3Server) -> AsyncIterator[CountingProxy]:
-    p = CountingProxy(s3_server.endpoint)
-    await p.start()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

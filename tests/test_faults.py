@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,6 @@ from tests.topology import Service, env, write_config
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def proxy(s3_server: S3Server) -> AsyncIterator[CountingProxy]:
-    p = CountingProxy(s3_server.endpoint)
-    await p.start()
-    yield p
-    await p.close()
 
 
 async def test_s3_failing_mid_upload_is_503_nothing_published_then_recovers(

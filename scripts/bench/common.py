@@ -101,3 +101,33 @@ def wrk_paths_script(paths: list[str], dest: Path) -> Path:
         "  return wrk.format('GET', paths[math.random(#paths)])\n"
         "end\n")
     return dest
+
+
+def write_bench_config(path: Path, tmp: Path, *, edges: list[tuple[str, str, int]],
+                       regions: dict[str, tuple[float, float]] | None = None,
+                       ingest_port: int | None = None, edge_settings: str = "",
+                       ingest_settings: str = "", node_settings: str = "",
+                       cache_root: Path | None = None) -> Path:
+    """A mediacdn config for a benchmark: fs origin under `tmp`, free ports, quiet logs.
+    `edges`: (name, region, port); `regions`: name -> (lat, lon)."""
+    regions = regions or {r: (0.0, 0.0) for _, r, _ in edges}
+    region_tables = "".join(f'[[regions]]\nname = "{n}"\nlat = {lat}\nlon = {lon}\n'
+                            for n, (lat, lon) in regions.items())
+    edge_tables = "".join(f'[[edges]]\nname = "{n}"\nregion = "{r}"\nport = {p}\n{node_settings}\n'
+                          for n, r, p in edges)
+    path.write_text(f"""
+log_level = "warning"
+[origin]
+kind = "fs"
+path = "{tmp / 'origin'}"
+[ingest]
+port = {ingest_port or free_port()}
+{ingest_settings}
+[edge]
+cache_root = "{cache_root or tmp / 'cache'}"
+{edge_settings}
+[router]
+port = {free_port()}
+default_region = "{next(iter(regions))}"
+{region_tables}{edge_tables}""")
+    return path

@@ -31,6 +31,7 @@ from scripts.bench.common import (
     run_wrk,
     tree_rss_mib,
     wait_http,
+    write_bench_config,
     wrk_paths_script,
 )
 
@@ -59,30 +60,11 @@ async def seed(origin_dir: Path, static_dir: Path) -> list[str]:
 
 
 def write_config(tmp: Path, port: int, workers: int) -> Path:
-    cfg = tmp / f"bench-{workers}.toml"
-    cfg.write_text(f"""
-log_level = "warning"
-[origin]
-kind = "fs"
-path = "{tmp / 'origin'}"
-[ingest]
-port = {free_port()}
-[edge]
-cache_root = "{tmp / f'cache-{workers}'}"
-memory_bytes = 268435456
-[router]
-port = {free_port()}
-[[regions]]
-name = "bench"
-lat = 0
-lon = 0
-[[edges]]
-name = "bench"
-region = "bench"
-port = {port}
-workers = {workers}
-""")
-    return cfg
+    return write_bench_config(tmp / f"bench-{workers}.toml", tmp,
+                              edges=[("bench", "bench", port)],
+                              edge_settings="memory_bytes = 268435456",
+                              node_settings=f"workers = {workers}",
+                              cache_root=tmp / f"cache-{workers}")
 
 
 def start_edge(cfg: Path, cpus: str) -> subprocess.Popen[bytes]:

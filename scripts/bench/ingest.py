@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from scripts.bench.common import free_port, tree_rss_mib
+from scripts.bench.common import free_port, tree_rss_mib, write_bench_config
 from scripts.bench.transcode import ROOT, ensure_sources
 
 API_KEY = "bench-api-key-0123456789"
@@ -27,28 +27,8 @@ API_KEY = "bench-api-key-0123456789"
 
 def start_ingest(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cfg = tmp / "ingest.toml"
-    cfg.write_text(f"""
-log_level = "warning"
-[origin]
-kind = "fs"
-path = "{tmp / 'origin'}"
-[ingest]
-port = {port}
-max_bytes = 209715200
-[edge]
-cache_root = "{tmp / 'cache'}"
-[router]
-port = {free_port()}
-[[regions]]
-name = "bench"
-lat = 0
-lon = 0
-[[edges]]
-name = "bench"
-region = "bench"
-port = {free_port()}
-""")
+    cfg = write_bench_config(tmp / "ingest.toml", tmp, edges=[("bench", "bench", free_port())],
+                             ingest_port=port, ingest_settings="max_bytes = 209715200")
     env = dict(os.environ, MEDIACDN_API_KEY=API_KEY, MEDIACDN_ADMIN_TOKEN="bench-admin-0123456789",
                PYTHONPATH=str(ROOT), MALLOC_ARENA_MAX="2")
     proc = subprocess.Popen([sys.executable, "-m", "scripts", "ingest", "--config", str(cfg)],

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common.hashing import content_id
 from config import load_config
-from scripts.bench.common import free_port
+from scripts.bench.common import free_port, write_bench_config
 from scripts.ops import purge_everywhere
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,28 +29,10 @@ ADMIN = "bench-admin-token-0123456789"
 
 
 def write_config(tmp: Path) -> Path:
-    edges, regions = [], []
-    for r, (lat, lon) in enumerate(((48.8, 2.3), (39.0, -77.5), (1.3, 103.8))):
-        regions.append(f'[[regions]]\nname = "r{r}"\nlat = {lat}\nlon = {lon}\n')
-        for e in range(3):
-            edges.append(f'[[edges]]\nname = "r{r}e{e}"\nregion = "r{r}"\nport = {free_port()}\n')
-    cfg = tmp / "purge.toml"
-    cfg.write_text(f"""
-log_level = "warning"
-[origin]
-kind = "fs"
-path = "{tmp / 'origin'}"
-[ingest]
-port = {free_port()}
-[edge]
-cache_root = "{tmp / 'cache'}"
-purge_poll_seconds = 60
-origin_timeout = 60
-[router]
-port = {free_port()}
-default_region = "r0"
-""" + "".join(regions) + "".join(edges))
-    return cfg
+    coords = {"r0": (48.8, 2.3), "r1": (39.0, -77.5), "r2": (1.3, 103.8)}
+    edges = [(f"r{r}e{e}", f"r{r}", free_port()) for r in range(3) for e in range(3)]
+    return write_bench_config(tmp / "purge.toml", tmp, edges=edges, regions=coords,
+                              edge_settings="purge_poll_seconds = 60\norigin_timeout = 60")
 
 
 def env() -> dict[str, str]:
