@@ -53,15 +53,31 @@ class NegativeCache:
         self._until.clear()
 
 
-async def fetch_verified(origin: Origin, key: str, limit_seconds: float) -> Entry:
-    """The variant's bytes from the origin, verified against the blake3 stored with them."""
+ORIGINAL = "original"  # the reserved name of the uploaded bytes: /i/{id}/original
+
+
+def origin_key_for(key: str) -> str:
     image_id, name = key.split("/", 1)
+    if name == ORIGINAL:
+        return K.original(image_id)
     variant, ext = name.rsplit(".", 1)
-    origin_key = K.variant(image_id, variant, ext)
+    return K.variant(image_id, variant, ext)
+
+
+async def fetch_verified(origin: Origin, key: str, limit_seconds: float) -> Entry:
+    """The object's bytes from the origin, verified before anyone sees them: a variant
+    against the blake3 stored with it, an original against its id (its own blake3)."""
+    image_id, name = key.split("/", 1)
+    origin_key = origin_key_for(key)
     try:
         async with asyncio.timeout(limit_seconds):
             async with origin.open(origin_key) as reader:
-                expected = reader.info.metadata.get("blake3", "")
+                if name == ORIGINAL:
+                    expected = image_id
+                    content_type = reader.info.content_type
+                else:
+                    expected = reader.info.metadata.get("blake3", "")
+                    content_type = content_type_for(key)
                 if not is_content_id(expected):
                     raise IntegrityError(f"origin object {origin_key} carries no blake3")
                 if reader.info.size > MAX_OBJECT_BYTES:
@@ -75,7 +91,7 @@ async def fetch_verified(origin: Origin, key: str, limit_seconds: float) -> Entr
     body = b"".join(parts)
     if hasher.hexdigest() != expected:
         raise IntegrityError(f"bytes of {origin_key} do not match their blake3; not served")
-    return Entry(key, body, expected, content_type_for(key), time.time())
+    return Entry(key, body, expected, content_type, time.time())
 
 
 Fetcher = Callable[[str], Awaitable[Entry]]

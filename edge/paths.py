@@ -25,6 +25,8 @@ class Target:
 
     @property
     def cache_key(self) -> str:
+        if not self.ext:  # the original: /i/{id}/original
+            return f"{self.image_id}/{self.variant}"
         return f"{self.image_id}/{self.variant}.{self.ext}"
 
 
@@ -59,6 +61,10 @@ def resolve(image_id: str, name: str, accept: str, cfg: TranscodeConfig) -> Targ
     if not ID_RE.fullmatch(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
     variant, ext = parse_name(name)
+    if variant == "original" and ext is None:
+        if not cfg.serve_originals:
+            raise NotFound("originals are not served here (transcode.serve_originals)")
+        return Target(image_id, variant, "", False)
     if cfg.variant(variant) is None:
         raise NotFound(f"no variant {variant!r}; this CDN serves "
                        + ", ".join(v.name for v in cfg.variants))

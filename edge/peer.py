@@ -17,16 +17,17 @@ from common.errors import IntegrityError, NotFound, OriginUnavailable
 from common.hashing import content_id, is_content_id
 from config.schema import EdgeNode
 from edge.entry import Entry, content_type_for
+from edge.fill import ORIGINAL, origin_key_for
 from origin import Origin
-from origin import keys as K
 
 PEER_HEADER = "X-MediaCDN-Peer"
 
 
 async def trusted_blake3(origin: Origin, key: str) -> str:
     image_id, name = key.split("/", 1)
-    variant, ext = name.rsplit(".", 1)
-    info = await origin.head(K.variant(image_id, variant, ext))
+    if name == ORIGINAL:
+        return image_id  # the id is the original's own blake3: nothing to ask
+    info = await origin.head(origin_key_for(key))
     expected = info.metadata.get("blake3", "")
     if not is_content_id(expected):
         raise IntegrityError(f"origin object for {key} carries no blake3")
@@ -47,10 +48,13 @@ async def fetch_from_peer(session: aiohttp.ClientSession, origin: Origin, me: Ed
                 if r.status != 200:
                     raise OriginUnavailable(f"owner edge {owner.name} answered {r.status}")
                 body = await r.read()
+                content_type = r.headers.get("Content-Type", "application/octet-stream")
         except BaseException:
             expected_task.cancel()
             raise
         expected = await expected_task
     if content_id(body) != expected:
         raise IntegrityError(f"owner edge {owner.name} sent bytes for {key} that fail blake3")
-    return Entry(key, body, expected, content_type_for(key), time.time())
+    if not key.endswith("/" + ORIGINAL):
+        content_type = content_type_for(key)
+    return Entry(key, body, expected, content_type, time.time())

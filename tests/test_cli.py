@@ -142,3 +142,26 @@ async def test_run_cli_helper_reports_exit_codes() -> None:
     code, _, err = await run_cli("purge", environ=env())
     assert code == 2 and err
     _ = sys.executable
+
+
+async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
+    from tests import images
+    from tests.helpers import AUTH
+    from tests.topology import Service
+
+    config, _ = write_config(tmp_path, f'kind = "fs"\npath = "{tmp_path / "origin"}"')
+    ingest = await Service(["ingest", "--config", str(config)], env()).start()
+    assert ingest.proc is not None
+    data = images.noisy_jpeg(4000, 3000)  # about a second of transcoding
+    async with aiohttp.ClientSession() as http:
+        upload = asyncio.create_task(http.post(ingest.url + "/v1/images", data=data,
+                                               headers=AUTH))
+        await asyncio.sleep(0.3)  # the body is in; the transcode is running
+        ingest.proc.send_signal(signal.SIGTERM)
+        resp = await upload
+        assert resp.status == 201  # finished, not cut off
+        resp.release()
+        async with asyncio.timeout(20):
+            assert await ingest.proc.wait() == 0
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(ingest.url + "/healthz")  # and no longer accepting

@@ -374,6 +374,32 @@ async def test_access_log_lines_are_json(aiohttp_client: MakeClient, cfg: Config
     assert all(x["service"] == "edge" and x["level"] == "info" for x in lines)
 
 
+async def test_originals_are_served_only_when_the_config_says_so(
+    aiohttp_client: MakeClient, cfg: Config, proxy: CountingProxy
+) -> None:
+    data = os.urandom(30_000)
+    image_id = content_id(data)
+    async with open_origin(cfg.origin) as o:
+        await o.put(K.original(image_id), data, "image/png", {"blake3": image_id})
+    default = await aiohttp_client(create_app(cfg, cfg.edges[0]))
+    proxy.counts.clear()
+    async with default.get(f"/i/{image_id}/original") as r:
+        assert r.status == 404 and r.content_type == "application/problem+json"
+    assert proxy.gets("/originals/") == 0
+    on = replace(cfg, transcode=replace(cfg.transcode, serve_originals=True))
+    client = await aiohttp_client(create_app(on, on.edges[0]))
+    for cache in ("MISS", "HIT"):
+        status, h, body = await get(client, f"/i/{image_id}/original")
+        assert (status, h["X-Cache"], body) == (200, cache, data)
+        assert h["ETag"] == f'"{image_id}"' and h["Content-Type"] == "image/png"
+    # Checked against the id itself: bytes changed at the origin are never served.
+    other = content_id(b"other original")
+    async with open_origin(cfg.origin) as o:
+        await o.put(K.original(other), data, "image/png", {"blake3": other})
+    status, h, _ = await get(client, f"/i/{other}/original")
+    assert status == 502
+
+
 async def test_end_to_end_from_ingest(aiohttp_client: MakeClient, cfg: Config) -> None:
     from ingest.app import create_app as create_ingest
     from tests import images

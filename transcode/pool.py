@@ -33,13 +33,21 @@ def configure_libvips() -> None:
     pyvips.cache_set_max_mem(0)
 
 
+def _init_worker(log_level: str) -> None:
+    from common.logs import setup_logging
+
+    setup_logging("ingest/transcode", log_level)  # pyvips logs through logging: JSON too
+    configure_libvips()
+
+
 def _warm() -> int:
     return os.getpid()
 
 
 class WorkerPool:
-    def __init__(self, workers: int, hard_timeout: float) -> None:
+    def __init__(self, workers: int, hard_timeout: float, log_level: str = "warning") -> None:
         self.workers = workers
+        self.log_level = log_level
         self.hard_timeout = hard_timeout
         self._slots = asyncio.Semaphore(workers)
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop
@@ -48,7 +56,7 @@ class WorkerPool:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx,
-                                   initializer=configure_libvips)
+                                   initializer=_init_worker, initargs=(self.log_level,))
 
     @property
     def busy(self) -> int:

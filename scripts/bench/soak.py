@@ -80,28 +80,43 @@ def random_image(rnd: random.Random) -> bytes:
     return buf.getvalue()
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:  # threads come and go while we look
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def service_pids(up_pid: int) -> dict[str, int]:
     """The services started by `mediacdn up`, by name, from /proc."""
     out = {}
-    for child in Path(f"/proc/{up_pid}/task").iterdir():
-        for pid in (child / "children").read_text().split():
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            args = [a.decode() for a in cmd]
-            if "--node" in args:
-                out[args[args.index("--node") + 1]] = int(pid)
-            elif "ingest" in args:
-                out["ingest"] = int(pid)
-            elif "router" in args:
-                out["router"] = int(pid)
+    for pid in _children(up_pid):
+        try:
+            args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if "--node" in args:
+            out[args[args.index("--node") + 1]] = pid
+        elif "ingest" in args:
+            out["ingest"] = pid
+        elif "router" in args:
+            out["router"] = pid
     return out
 
 
 def tree_rss(pid: int) -> float:
-    total = rss_mib(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for c in (task / "children").read_text().split():
-            total += tree_rss(int(c))
-    return total
+    try:
+        total = rss_mib(pid)
+    except OSError:
+        return 0.0
+    return total + sum(tree_rss(c) for c in _children(pid))
 
 
 async def soak(seconds: float, warmup: float, ingest: str, router: str,
