@@ -199,6 +199,7 @@ def _transcode(t: Table) -> TranscodeConfig:
         avif_effort=t.integer("avif_effort", 0, lo=0, hi=9),
         serve_originals=t.flag("serve_originals", False),
         workers=t.integer("workers", 2, lo=1, hi=64),
+        worker_max_jobs=t.integer("worker_max_jobs", 200, lo=1),
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
     )
     t.done()

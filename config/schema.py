@@ -58,6 +58,7 @@ class TranscodeConfig:
     avif_effort: int
     serve_originals: bool
     workers: int  # transcode worker processes
+    worker_max_jobs: int  # a worker is replaced after this many images
     deadline_seconds: float
 
     def variant(self, name: str) -> Variant | None:

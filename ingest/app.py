@@ -63,7 +63,7 @@ def create_app(cfg: Config) -> web.Application:
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # The steps check the deadline cooperatively; past twice that, the worker is killed.
         pool = WorkerPool(cfg.transcode.workers, hard_timeout=2 * cfg.transcode.deadline_seconds,
-                          log_level=cfg.log_level)
+                          log_level=cfg.log_level, max_jobs=cfg.transcode.worker_max_jobs)
         app[POOL] = pool
         Gauge("mediacdn_ingest_worker_restarts", "Transcode worker pools restarted (a job "
               "killed past its deadline, or a worker that died)", registry=registry

@@ -48,3 +48,17 @@ async def test_a_job_past_the_hard_deadline_is_killed() -> None:
         assert await pool.run(_double, 5) == 10
     finally:
         pool.close()
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+async def test_a_worker_is_replaced_after_max_jobs() -> None:
+    pool = WorkerPool(1, hard_timeout=30, max_jobs=2)
+    try:
+        pids = [await pool.run(_pid, 0) for _ in range(5)]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+        assert pool.restarts == 0  # a planned replacement, not a failure
+    finally:
+        pool.close()

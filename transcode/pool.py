@@ -45,8 +45,10 @@ def _warm() -> int:
 
 
 class WorkerPool:
-    def __init__(self, workers: int, hard_timeout: float, log_level: str = "warning") -> None:
+    def __init__(self, workers: int, hard_timeout: float, log_level: str = "warning",
+                 max_jobs: int = 200) -> None:
         self.workers = workers
+        self.max_jobs = max_jobs
         self.log_level = log_level
         self.hard_timeout = hard_timeout
         self._slots = asyncio.Semaphore(workers)
@@ -55,8 +57,12 @@ class WorkerPool:
         self.restarts = 0
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # A worker is replaced after max_jobs images: decoding thousands of images of
+        # every size fragments a process's heap (the soak saw +10.7% in 10 minutes), and
+        # a fresh worker costs ~0.3 s of start-up per max_jobs images.
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx,
-                                   initializer=_init_worker, initargs=(self.log_level,))
+                                   initializer=_init_worker, initargs=(self.log_level,),
+                                   max_tasks_per_child=self.max_jobs)
 
     @property
     def busy(self) -> int:

@@ -197,6 +197,10 @@ async def soak(seconds: float, warmup: float, ingest: str, router: str,
                 await asyncio.sleep(2)
                 pids = service_pids(up_pid)
                 now = {n: tree_rss(p) for n, p in pids.items()}
+                if "ingest" in pids:  # the service itself, and its transcode workers
+                    own = rss_mib(pids["ingest"])
+                    now["ingest:service"] = own
+                    now["ingest:workers"] = now["ingest"] - own
                 if not rss_warm and time.monotonic() - started >= warmup:
                     rss_warm.update(now)
                 rss_end.update(now)
