@@ -34,8 +34,7 @@ class Upload:
         """What a transcode worker reads: the bytes, or the spool file's path."""
         if self._memory is not None:
             return bytes(self._memory)
-        assert self._file is not None
-        self._file.flush()
+        assert self._file is not None  # flushed when the body was complete
         return str(self._file.name)
 
     def open_stream(self) -> bytes | BinaryIO:
@@ -88,6 +87,7 @@ class _Spool:
         if self.buf:
             await self._flush()
         f = self.file
+        await asyncio.to_thread(f.flush)  # a transcode worker reads it by name
         head = await asyncio.to_thread(lambda: (f.seek(0), f.read(64))[1])
         return Upload(digest, self.size, head, _file=f)
 

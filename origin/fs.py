@@ -50,12 +50,16 @@ class FsOrigin:
         self._tmp.mkdir(exist_ok=True)
 
     def _path(self, key: str) -> Path:
+        """Pure (it runs on the event loop): the key regex forbids dot segments and
+        absolute keys; `_inside` re-checks with the filesystem, in the I/O thread."""
         if not is_valid_key(key):
             raise ValueError(f"invalid origin key {key!r}")
-        path = self.root / key
-        # Belt and braces: the key regex already forbids it, but never leave the root.
+        return self.root / key
+
+    def _inside(self, path: Path) -> Path:
+        # Belt and braces: never follow a symlink out of the root.
         if not path.resolve().is_relative_to(self.root):
-            raise ValueError(f"key escapes the origin root: {key!r}")
+            raise ValueError(f"path escapes the origin root: {path}")
         return path
 
     # -- writes ------------------------------------------------------------------------
@@ -73,6 +77,8 @@ class FsOrigin:
         else:
             size = os.fstat(body.fileno()).st_size - body.tell()
         header = {"content_type": content_type, "size": size, "metadata": metadata}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._inside(path)
         tmp = self._tmp / f"{secrets.token_hex(8)}.part"
         try:
             with open(tmp, "wb") as out:
@@ -92,7 +98,7 @@ class FsOrigin:
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(lambda: self._inside(path).unlink(missing_ok=True))
 
     # -- reads -------------------------------------------------------------------------
     @asynccontextmanager
@@ -108,7 +114,7 @@ class FsOrigin:
 
     def _open_sync(self, key: str, path: Path) -> tuple[BinaryIO, ObjectInfo, int]:
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed by open()'s caller
+            fh = open(self._inside(path), "rb")  # noqa: SIM115 - closed by open()'s caller
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(f"no object {key}") from None
         try:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -141,7 +140,6 @@ def _child_pid(config: str, node: str) -> int:
 async def test_run_cli_helper_reports_exit_codes() -> None:
     code, _, err = await run_cli("purge", environ=env())
     assert code == 2 and err
-    _ = sys.executable
 
 
 async def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:

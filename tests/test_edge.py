@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -412,4 +411,3 @@ async def test_end_to_end_from_ingest(aiohttp_client: MakeClient, cfg: Config) -
         status, h, body = await get(edge, v["path"])
         assert status == 200 and content_id(body) == v["blake3"]
         assert h["ETag"] == f'"{v["blake3"]}"'
-    _ = aiohttp  # the client library is the one a browser-like test would use
