@@ -57,7 +57,7 @@ class MediaHandler:
                 if self.log_hits:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
                              extra={"status": 200, "cache": "HIT", "bytes": hot.size})
-                return HotResponse(hot, hot.hit_headers(int(time.time())))
+                return HotResponse(hot, int(time.time()))
         return await self.full(request, cache, sync)
 
     async def full(self, request: web.Request, cache: EdgeCache,

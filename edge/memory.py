@@ -16,6 +16,7 @@ import resource
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 from edge.entry import Entry
 
@@ -34,6 +35,8 @@ class HotEntry:
     closed: bool = False
     _hit_second: int = -1
     _hit_headers: dict[str, str] = field(default_factory=dict)
+    _head_second: int = -1
+    _head: bytes = b""
 
     def read(self, start: int = 0, end: int | None = None) -> bytes:
         """Bytes from memory (a memfd read never touches a disk)."""
@@ -52,6 +55,18 @@ class HotEntry:
             headers["Age"] = str(max(0, now - int(self.stored_at)))
             self._hit_headers, self._hit_second = headers, now
         return self._hit_headers
+
+    def hit_head(self, now: int) -> bytes:
+        """Status line and headers of a plain 200 HIT as bytes, rendered at most once a
+        second (Date and Age change)."""
+        if now != self._head_second:
+            lines = ["HTTP/1.1 200 OK"]
+            lines += [f"{k}: {v}" for k, v in self.hit_headers(now).items()]
+            lines += [f"Content-Length: {self.size}", f"Date: {formatdate(now, usegmt=True)}",
+                      "Server: mediacdn"]
+            self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            self._head_second = now
+        return self._head
 
 
 def _fd_budget(reserve: int = 1024) -> int:

@@ -411,3 +411,46 @@ async def test_end_to_end_from_ingest(aiohttp_client: MakeClient, cfg: Config) -
         status, h, body = await get(edge, v["path"])
         assert status == 200 and content_id(body) == v["blake3"]
         assert h["ETag"] == f'"{v["blake3"]}"'
+
+
+async def _raw(host: str, port: int, requests: list[bytes]) -> list[tuple[str, dict[str, str],
+                                                                           bytes]]:
+    reader, writer = await asyncio.open_connection(host, port)
+    out = []
+    for req in requests:
+        writer.write(req)
+        status = (await reader.readline()).decode().strip()
+        headers: dict[str, str] = {}
+        while (line := (await reader.readline()).decode().strip()):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        out.append((status, headers, body))
+    eof = await reader.read(1)
+    writer.close()
+    out.append(("EOF" if eof == b"" else "OPEN", {}, b""))
+    return out
+
+
+async def test_hits_on_the_wire_keep_alive_http10_and_close(edge: Client, cfg: Config) -> None:
+    image_id, bodies = await seed(cfg)
+    path = f"/i/{image_id}/w320.webp"
+    await get(edge, path)  # fill: the hits below come from the hot tier
+    host, port = edge.server.host, edge.server.port
+    assert port is not None
+    get11 = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    close = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    (s1, h1, b1), (s2, h2, b2), (s3, h3, b3), (state, _, _) = await _raw(
+        host, port, [get11, get11, close])
+    assert s1 == s2 == s3 == "HTTP/1.1 200 OK"
+    assert b1 == b2 == b3 == bodies[("w320", "webp")]
+    assert state == "EOF"  # Connection: close was honoured
+    for h in (h1, h2, h3):
+        assert h["etag"] == f'"{content_id(b1)}"' and h["x-cache"] == "HIT"
+        assert h["cache-control"] == "public, max-age=31536000, immutable"
+        assert h["access-control-allow-origin"] == "*" and "date" in h and "age" in h
+    assert set(h1) - {"server", "connection"} == set(h3) - {"server", "connection"}
+    (s10, h10, b10), (state, _, _) = await _raw(
+        host, port, [f"GET {path} HTTP/1.0\r\n\r\n".encode()])
+    assert s10.endswith("200 OK") and b10 == b1 and state == "EOF"
+    assert h10["etag"] == h1["etag"]  # HTTP/1.0 goes through aiohttp's header path
