@@ -32,7 +32,7 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${MEDIACDN_TEST_N
     tail -n 20 /tmp/mediacdn-ceph-$$.log
   fi
 else
-  echo "make test: S3 server = moto (started by the suite; no root/apt for Ceph)"
+  echo "make test: S3 server = moto (started by the suite; Ceph needs root with apt, and MEDIACDN_TEST_NO_CEPH unset)"
 fi
 
 $PY -m pytest "$@"
