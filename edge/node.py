@@ -47,6 +47,9 @@ class EdgeCache:
     def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats,
                  worker: int = 0) -> None:
         self.cfg, self.node, self.origin, self.stats = cfg, node, origin, stats
+        region = cfg.region(node.region)
+        assert region is not None  # the loader checked it
+        self.region_edges = region.edges
         self.generation = PurgeGeneration(node.cache_dir / "purge.gen")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.cors = cors_headers(cfg.edge.cors_allow_origin)
@@ -88,9 +91,7 @@ class EdgeCache:
         return entry, False
 
     def owner_of(self, key: str) -> EdgeNode:
-        region = self.cfg.region(self.node.region)
-        assert region is not None
-        return owner(region.edges, key.split("/", 1)[0])
+        return owner(self.region_edges, key.split("/", 1)[0])
 
     async def _fill(self, key: str) -> Entry:
         owner_edge = self.owner_of(key)

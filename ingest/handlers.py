@@ -21,7 +21,7 @@ from ingest import manifest as M
 from ingest.body import read_upload
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
-from ingest.store import delete_image, load_manifest, store, unavailable
+from ingest.store import DamagedManifest, delete_image, load_manifest, store, unavailable
 from origin import purgelog
 from transcode.formats import sniff
 from transcode.job import transcode
@@ -71,7 +71,11 @@ async def upload(request: web.Request) -> web.Response:
     try:
         sniff(body.head)  # 415 before any decoding work
         origin = request.app[ORIGIN]
-        if (existing := await load_manifest(origin, body.id)) is not None:
+        try:
+            existing = await load_manifest(origin, body.id)
+        except DamagedManifest:
+            existing = None  # the same bytes are here again: rebuild and rewrite it
+        if existing is not None:
             metrics.uploads.labels("200").inc()
             return _answer(cfg, existing, 200)
         inflight: dict[str, asyncio.Future[dict[str, Any]]] = request.app[INFLIGHT]
@@ -112,7 +116,11 @@ async def head_image(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     require_bearer(request, _api_key(cfg), "API key")
     image_id = _image_id(request)
-    if await load_manifest(request.app[ORIGIN], image_id) is None:
+    try:
+        known = await load_manifest(request.app[ORIGIN], image_id) is not None
+    except DamagedManifest:
+        known = False  # so the client sends the bytes, and that upload repairs it
+    if not known:
         return web.Response(status=404)
     return web.Response(status=200)
 
@@ -122,7 +130,11 @@ async def delete(request: web.Request) -> web.Response:
     require_bearer(request, _admin_token(cfg), "admin token")
     image_id = _image_id(request)
     origin = request.app[ORIGIN]
-    if await load_manifest(origin, image_id) is None:
+    try:
+        exists = await load_manifest(origin, image_id) is not None
+    except DamagedManifest:
+        exists = True  # damaged or not, it is there to delete
+    if not exists:
         raise NotFound(f"no image {image_id}")
     # Record first: even if the delete stops half-way, every edge will drop the id.
     try:

@@ -26,6 +26,10 @@ def unavailable(exc: OriginUnavailable | OriginTimeout) -> ServiceUnavailable:
                               "changed, retry later", headers={"Retry-After": "5"})
 
 
+class DamagedManifest(OriginUnavailable):
+    """A manifest at the origin that is not the JSON we wrote."""
+
+
 async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
     try:
         _, data = await origin.read(K.manifest(image_id))
@@ -33,7 +37,14 @@ async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
         return None
     except (OriginUnavailable, OriginTimeout) as exc:
         raise unavailable(exc) from exc
-    return M.decode(data)
+    try:
+        manifest = M.decode(data)
+        if manifest.get("id") != image_id or not isinstance(manifest.get("variants"), list):
+            raise ValueError("not this image's manifest")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedManifest(f"the manifest of {image_id} at the origin is damaged; "
+                              "uploading the image again rewrites it") from exc
+    return manifest
 
 
 async def store(origin: Origin, upload: Upload, header: Header, ladder: Ladder) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from common.errors import NotFound
 from common.hashing import is_content_id
 from origin import keys as K
 from origin.base import Origin
+
+log = logging.getLogger("mediacdn.purgelog")
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,19 @@ async def read_since(origin: Origin, cursor: str, limit: int = 1000,
                 _, data = await origin.read(key)
             except NotFound:  # compacted between list and read
                 return None
-        raw = json.loads(data)
-        ids = tuple(i for i in raw.get("ids", []) if isinstance(i, str) and is_content_id(i))
-        return PurgeRecord(key, ids, bool(raw.get("all")), raw.get("region"),
-                           str(raw.get("reason", "purge")), int(raw.get("at_ns", 0)))
+        try:
+            raw = json.loads(data)
+            ids = tuple(i for i in raw.get("ids", []) if isinstance(i, str) and is_content_id(i))
+            region = raw.get("region")
+            return PurgeRecord(key, ids, raw.get("all") is True,
+                               region if isinstance(region, str) else None,
+                               str(raw.get("reason", "purge")), int(raw.get("at_ns", 0)))
+        except (ValueError, TypeError, AttributeError):
+            # A record nobody can read may have named anything: the safe reading is
+            # "purge everything" (content-addressed bytes just refill), never "skip it",
+            # and never a catch-up that stops on it forever.
+            log.error("purge record %s is damaged; applying it as a purge of everything", key)
+            return PurgeRecord(key, (), True, None, "damaged", 0)
 
     found = await asyncio.gather(*(fetch(k) for k in keys))
     return [r for r in found if r is not None]

@@ -139,9 +139,3 @@ def test_short_or_shared_secrets_are_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(copy.deepcopy(DEFAULT), same, Path("t.toml"))
     assert info.value.key == "MEDIACDN_ADMIN_TOKEN"
-
-
-def test_round_trip_of_the_test_writer(tmp_path: Path) -> None:
-    p = tmp_path / "c.toml"
-    p.write_text(_dump(DEFAULT))
-    assert load_config(p, {}).edges == load_config(ROOT / "config/local.toml", {}).edges

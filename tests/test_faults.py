@@ -236,10 +236,12 @@ async def test_slow_clients_are_cut_off_and_others_are_served(tmp_path: Path) ->
         for s in slow:
             s.settimeout(1)
             try:
-                if s.recv(100) == b"":
-                    closed += 1
-            except (ConnectionResetError, TimeoutError):
-                closed += isinstance(s, socket.socket)
+                # b"" (orderly close) or a reset: closed. A timeout means it is still open.
+                closed += s.recv(100) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
         assert closed == len(slow)
     finally:
         for s in slow:

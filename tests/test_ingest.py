@@ -370,6 +370,25 @@ async def test_oversize_body_streamed_slowly_is_cut_off(client: Client, cfg: Con
     assert await _origin_keys(cfg) == []
 
 
+async def test_a_damaged_manifest_is_a_problem_and_an_upload_repairs_it(
+    client: Client, cfg: Config
+) -> None:
+    data = images.jpeg()
+    status, first = await _upload(client, data)
+    assert status == 201
+    async with open_origin(cfg.origin) as o:
+        await o.put(K.manifest(first["id"]), b"{not json", "application/json", {})
+    async with client.get(f"/v1/images/{first['id']}") as r:
+        assert r.status == 502 and r.content_type == "application/problem+json"
+    async with client.head(f"/v1/images/{first['id']}", headers=AUTH) as r:
+        assert r.status == 404  # so a hash-first client sends the bytes again
+    status, again = await _upload(client, data)
+    assert status == 201 and [v["blake3"] for v in again["variants"]] == \
+        [v["blake3"] for v in first["variants"]]
+    async with client.get(f"/v1/images/{first['id']}") as r:
+        assert r.status == 200
+
+
 # -- the S3 origin end to end --------------------------------------------------------------
 
 

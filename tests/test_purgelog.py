@@ -60,3 +60,31 @@ async def test_an_edge_away_longer_than_the_retention_drops_its_whole_cache(
     client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
     async with client.get(f"/i/{key}") as r:
         assert r.status == 404  # not served from the old cache; the origin has nothing
+
+
+async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
+    tmp_path: Path, aiohttp_client: object
+) -> None:
+    from edge.app import create_app
+
+    cfg: Config = make_config(tmp_path)
+    node = cfg.edges[0]
+    origin = FsOrigin(cfg.origin.path)
+    data = b"some variant bytes"
+    image_id = content_id(b"damaged-record")
+    await origin.put(K.variant(image_id, "w320", "webp"), data, "image/webp",
+                     {"blake3": content_id(data)})
+    client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
+    path = f"/i/{image_id}/w320.webp"
+    async with client.get(path) as r:
+        assert r.status == 200
+    async with client.get(path) as r:
+        assert r.headers["X-Cache"] == "HIT"
+    await origin.put(K.purge_record(time.time_ns(), "deadbeef"), b"\x00garbage",
+                     "application/json", {})
+    records = await purgelog.read_since(origin, "")
+    assert len(records) == 1 and records[0].all  # read as the safe "purge everything"
+    await client.close()
+    client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
+    async with client.get(path) as r:  # caught up (not a 503), and the cache was dropped
+        assert r.status == 200 and r.headers["X-Cache"] == "MISS"

@@ -15,12 +15,13 @@ from common.ops import add_ops_routes
 from common.problem import problem_middleware
 from config.schema import Config
 from edge.paths import parse_name
-from edge.router.choose import decide
+from edge.router.choose import decide, nearest_first
 from edge.router.geo import RegionChoice, choose_region
 from edge.router.health import HealthMonitor
 
 CONFIG = web.AppKey("config", Config)
 HEALTH = web.AppKey("health", HealthMonitor)
+NEAREST = web.AppKey("nearest", dict)
 ROUTED = web.AppKey("routed", Counter)
 COUNTRY_HEADER = "X-Client-Country"
 
@@ -41,7 +42,8 @@ async def redirect(request: web.Request) -> web.Response:
     variant, _ = parse_name(name)
     if cfg.transcode.variant(variant) is None:
         raise NotFound(f"no variant {variant!r}")
-    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id)
+    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
+                      request.app[NEAREST])
     request.app[ROUTED].labels(decision.served_by_region).inc()
     location = f"{decision.edge.url}/i/{image_id}/{name}"
     # The choice depends on the client's country and on edge health: cache it briefly,
@@ -56,13 +58,15 @@ async def route(request: web.Request) -> web.Response:
     image_id = request.query.get("id", "")
     if image_id and not is_content_id(image_id):
         raise BadRequest("id must be 64 lowercase hex characters")
-    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id)
+    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
+                      request.app[NEAREST])
     return web.json_response(decision.explain(image_id))
 
 
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[CONFIG] = cfg
+    app[NEAREST] = nearest_first(cfg)
     registry = CollectorRegistry()
     app[ROUTED] = Counter("mediacdn_router_redirects", "Redirects by serving region",
                           ["region"], registry=registry)

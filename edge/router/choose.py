@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import ServiceUnavailable
-from config.schema import Config, EdgeNode
+from config.schema import Config, EdgeNode, Region
 from edge.rendezvous import ranked, score
 from edge.router.geo import RegionChoice, by_distance, distance_km
 from edge.router.health import HealthMonitor
@@ -33,9 +33,15 @@ class Decision:
         }
 
 
-def decide(cfg: Config, health: HealthMonitor, choice: RegionChoice, image_id: str) -> Decision:
+def nearest_first(cfg: Config) -> dict[str, list[Region]]:
+    """For each region, every region nearest first: computed once, not per redirect."""
+    return {r.name: by_distance(cfg, r) for r in cfg.regions}
+
+
+def decide(cfg: Config, health: HealthMonitor, choice: RegionChoice, image_id: str,
+           nearest: dict[str, list[Region]]) -> Decision:
     candidates: list[dict[str, Any]] = []
-    for region in by_distance(cfg, choice.region):
+    for region in nearest[choice.region.name]:
         order = ranked(region.edges, image_id)
         up = [e for e in order if health.is_up(e.name)]
         candidates.append({

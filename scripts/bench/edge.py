@@ -111,6 +111,20 @@ http {{
     return proc
 
 
+def measure_nginx(tmp: Path, static: Path, paths: list[str], workers: int, server_cpus: str,
+                  wrk_cpus: str, wrk_threads: int, script: Path, seconds: int,
+                  connections: int) -> WrkResult:
+    port = free_port()
+    nginx = start_nginx(tmp, static, port, workers, server_cpus)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{paths[0]}")
+        return run_wrk(f"http://127.0.0.1:{port}", script, seconds, connections, wrk_cpus,
+                       wrk_threads)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(10)
+
+
 async def warm(base: str, paths: list[str]) -> None:
     async with aiohttp.ClientSession() as s:
         sem = asyncio.Semaphore(32)
@@ -176,20 +190,14 @@ def main() -> int:
         script = wrk_paths_script(paths, tmp / "paths.lua")
         results: dict[str, WrkResult] = {}
 
-        nginx_port = free_port()
-        nginx = start_nginx(tmp, static, nginx_port, 1, "0")
-        wait_http(f"http://127.0.0.1:{nginx_port}{paths[0]}")
-        results["nginx (1 worker, sendfile)"] = run_wrk(
-            f"http://127.0.0.1:{nginx_port}", script, args.seconds, args.connections, "1")
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(10)
-
+        wrk = (script, args.seconds, args.connections)
+        results["nginx (1 worker, sendfile)"] = measure_nginx(tmp, static, paths, 1, "0", "1", 1,
+                                                              *wrk)
         port = free_port()
         edge = start_edge(write_config(tmp, port, 1), "0")
         base = f"http://127.0.0.1:{port}"
         asyncio.run(warm(base, paths))
-        results["mediacdn edge (1 worker)"] = run_wrk(base, script, args.seconds,
-                                                      args.connections, "1")
+        results["mediacdn edge (1 worker)"] = run_wrk(base, *wrk, "1")
         rss_idle = tree_rss_mib(edge.pid)
 
         async def rss_with_connections() -> float:
@@ -205,19 +213,14 @@ def main() -> int:
         edge.wait(20)
 
         # Two workers each, both cores shared with wrk (-t2): the whole machine.
-        nginx = start_nginx(tmp, static, nginx_port, 2, "0,1")
-        wait_http(f"http://127.0.0.1:{nginx_port}{paths[0]}")
-        results["nginx (2 workers)"] = run_wrk(f"http://127.0.0.1:{nginx_port}", script,
-                                               args.seconds, args.connections, "0,1", 2)
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(10)
+        results["nginx (2 workers)"] = measure_nginx(tmp, static, paths, 2, "0,1", "0,1", 2,
+                                                     *wrk)
         port2 = free_port()
         edge2 = start_edge(write_config(tmp, port2, 2), "0,1")
         base2 = f"http://127.0.0.1:{port2}"
         asyncio.run(warm(base2, paths))
         asyncio.run(warm(base2, paths))  # connections land on either worker: warm both
-        results["mediacdn edge (2 workers)"] = run_wrk(base2, script, args.seconds,
-                                                       args.connections, "0,1", 2)
+        results["mediacdn edge (2 workers)"] = run_wrk(base2, *wrk, "0,1", 2)
         edge2.send_signal(signal.SIGTERM)
         edge2.wait(20)
 
