@@ -9,7 +9,9 @@ purge answered. A purge answered is therefore complete on the node:
   hot tier, negative cache or in-flight fill outlives it;
 - a fill or a disk read that started before it is never stored nor promoted after it
   (`token` at the start, `still_valid` before keeping anything; a disk write is checked
-  again after it lands, and undone if a purge slipped in between).
+  again after it lands, and undone if a purge slipped in between);
+- the purge is published to the journal before and after its disk rows are deleted, so
+  nothing read from disk in between survives either.
 """
 
 from __future__ import annotations
@@ -104,12 +106,17 @@ class Invalidation:
                 and self._announced_at.get(key.split("/", 1)[0], 0) <= token)
 
     # -- purges, complete on the node when they return ---------------------------------
+    # Each purge is published twice, around the disk delete: the first drops the hot tiers
+    # and voids fills and reads in flight; but a request starting between it and the disk
+    # delete may still read an old row and promote it, so the second drops that too.
     async def purge_ids(self, ids: list[str]) -> int:
         wanted = set(ids)
         hot_keys = self.memory.keys()
         in_memory = sum(1 for k in hot_keys if k.split("/", 1)[0] in wanted)
-        await self._publish([(PURGE, i) for i in ids])
+        entries = [(PURGE, i) for i in ids]
+        await self._publish(entries)
         on_disk = await self._blocking(self.disk.delete_prefixes, [f"{i}/" for i in ids])
+        await self._publish(entries)
         assert isinstance(on_disk, int)
         return max(in_memory, on_disk)  # the hot tier holds a subset of the disk tier
 
@@ -119,6 +126,7 @@ class Invalidation:
         count = max(count, len(self.memory))
         await self._publish([(ALL, "")])
         await self._blocking(self.disk.clear)
+        await self._publish([(ALL, "")])
         return count
 
     async def announce(self, ids: list[str]) -> None:

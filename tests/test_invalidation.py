@@ -1,0 +1,335 @@
+"""Invalidation as an adversary tries it: GETs racing purges and deletes on 1- and 2-worker
+nodes, fills in flight during a purge, records from a second writer or stamped in the past,
+404s cached before an upload, a router facing an edge that is still catching up.
+
+Real processes on loopback (ingest, edges, router) against the suite's S3 server behind a
+counting, slowable proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from common.hashing import content_id
+from config import load_config
+from ingest.purgehub import PurgeHub
+from origin import open_origin, purgelog
+from tests import images
+from tests.helpers import ADMIN, AUTH
+from tests.proxy import CountingProxy
+from tests.s3server import S3Server, free_port
+from tests.topology import Service, env, run_cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass
+class Net:
+    tmp: Path
+    proxy: CountingProxy
+    http: aiohttp.ClientSession
+    env: dict[str, str]
+    config: Path = Path()
+    ingest: Service | None = None
+    edges: dict[str, Service] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def write(self, workers: int = 1, edges: tuple[tuple[str, str], ...] = (("e1", "eu"),),
+              extra_edge: str = "") -> None:
+        for name in ("ingest", "router", *(n for n, _ in edges)):
+            self.ports.setdefault(name, free_port())
+        blocks = "\n".join(f'[[edges]]\nname = "{n}"\nregion = "{r}"\nport = {self.ports[n]}\n'
+                           f"workers = {workers}\n" for n, r in edges)
+        coords = {"eu": (48.86, 2.35), "us": (39.04, -77.49)}
+        regions = "\n".join(f'[[regions]]\nname = "{r}"\nlat = {coords[r][0]}\n'
+                            f"lon = {coords[r][1]}\n" for r in sorted({r for _, r in edges}))
+        self.config = self.tmp / "mediacdn.toml"
+        self.config.write_text(f"""
+log_level = "warning"
+[origin]
+kind = "s3"
+bucket = "t-{uuid.uuid4().hex[:16]}"
+endpoint_url = "{self.proxy.url}"
+connect_timeout = 0.5
+read_timeout = 3
+max_attempts = 1
+[ingest]
+port = {self.ports['ingest']}
+purge_ack_seconds = 5
+log_poll_seconds = 0.2
+[edge]
+cache_root = "{self.tmp / 'cache'}"
+negative_ttl = 30
+origin_timeout = 4
+purge_poll_seconds = 0.3
+{extra_edge}
+[router]
+port = {self.ports['router']}
+default_region = "eu"
+probe_interval = 0.2
+probe_timeout = 0.5
+fall = 1
+rise = 1
+{regions}
+{blocks}
+""")
+
+    async def start_ingest(self) -> Service:
+        self.ingest = await Service(["ingest", "--config", str(self.config)], self.env).start()
+        return self.ingest
+
+    async def start_edge(self, name: str) -> Service:
+        svc = await Service(["edge", "--node", name, "--config", str(self.config)], self.env).start()
+        self.edges[name] = svc
+        return svc
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    async def upload(self, data: bytes) -> dict[str, object]:
+        assert self.ingest is not None
+        async with self.http.post(self.ingest.url + "/v1/images", data=data, headers=AUTH) as r:
+            assert r.status in (200, 201), await r.text()
+            return await r.json()  # type: ignore[no-any-return]
+
+    async def get(self, url: str) -> tuple[int, str, int]:
+        async with self.http.get(url) as r:
+            await r.read()
+            return r.status, r.headers.get("X-Cache", ""), int(r.headers.get("Age", "0"))
+
+    async def cli(self, *argv: str) -> tuple[int, str, str]:
+        return await run_cli(*argv, "--config", str(self.config), environ=self.env)
+
+
+@pytest.fixture
+async def net(tmp_path: Path, s3_server: S3Server) -> AsyncIterator[Net]:
+    proxy = CountingProxy(s3_server.endpoint)
+    await proxy.start()
+    async with aiohttp.ClientSession() as http:
+        n = Net(tmp_path, proxy, http, env({"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}))
+        try:
+            yield n
+        finally:
+            for svc in [*n.edges.values(), *([n.ingest] if n.ingest else [])]:
+                await svc.stop()
+            await proxy.close()
+
+
+def paths_of(manifest: dict[str, object]) -> list[str]:
+    return [str(v["path"]) for v in manifest["variants"]]  # type: ignore[attr-defined]
+
+
+async def warm(net: Net, edge: str, paths: list[str], rounds: int = 3) -> None:
+    for _ in range(rounds):  # several connections: every worker of the node gets them
+        await asyncio.gather(*(net.get(net.url(edge) + p) for p in paths))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("via", ["admin", "cli", "delete"])
+async def test_a_purge_answered_is_complete_for_thousands_of_racing_gets(
+        net: Net, workers: int, via: str) -> None:
+    net.write(workers=workers)
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    image_id, paths = str(manifest["id"]), paths_of(manifest)
+    await warm(net, "e1", paths)
+    # Cached copies are now >= 3.2 s old; a refill in the 1 s of racing after the answer
+    # shows an Age of at most 2 (whole seconds on both ends).
+    await asyncio.sleep(3.2)
+    answered = asyncio.Event()
+    stale: list[tuple[str, int, str, int]] = []
+    seen_after = 0
+
+    async def racer(i: int) -> None:
+        nonlocal seen_after
+        end = None
+        while end is None or time.monotonic() < end:
+            if answered.is_set() and end is None:
+                end = time.monotonic() + 1.0
+            after = answered.is_set()
+            path = paths[i % len(paths)]
+            status, cache, age = await net.get(net.url("e1") + path)
+            i += 1
+            if not after:
+                continue
+            seen_after += 1
+            old = status != 404 if via == "delete" else (cache == "HIT" and age >= 3)
+            if old:
+                stale.append((path, status, cache, age))
+
+    racers = [asyncio.create_task(racer(i)) for i in range(8)]
+    await asyncio.sleep(0.3)
+    if via == "admin":
+        async with net.http.post(net.url("e1") + "/_admin/purge", json={"ids": [image_id]},
+                                 headers=ADMIN) as r:
+            assert r.status == 200
+    elif via == "cli":
+        code, out, err = await net.cli("purge", image_id)
+        assert code == 0, err
+    else:
+        code, out, err = await net.cli("delete", image_id)
+        assert code == 0, err
+    answered.set()
+    await asyncio.gather(*racers)
+    assert seen_after > 100
+    assert stale == [], f"{len(stale)} of {seen_after} GETs after the answer got the old copy: {stale[:3]} {stale[-3:]}"
+    if via == "delete":  # forever, not just once: nothing refilled it behind our back
+        await asyncio.sleep(1.5)
+        for p in paths:
+            assert (await net.get(net.url("e1") + p))[0] == 404
+
+
+async def test_a_fill_in_flight_when_a_purge_lands_is_not_stored(net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    image_id, path = str(manifest["id"]), paths_of(manifest)[0]
+    net.proxy.delay = 1.5  # every origin call is slow now: the fill is in flight a while
+    fill = asyncio.create_task(net.get(net.url("e1") + path))
+    await asyncio.sleep(0.5)
+    net.proxy.delay = 0
+    async with net.http.post(net.url("e1") + "/_admin/purge", json={"ids": [image_id]},
+                             headers=ADMIN) as r:
+        assert r.status == 200
+    status, cache, _ = await fill
+    assert (status, cache) == (200, "MISS")  # the request in flight gets its bytes...
+    status, cache, _ = await net.get(net.url("e1") + path)
+    assert (status, cache) == (200, "MISS")  # ...but they were not kept past the purge
+
+
+async def test_a_purge_of_one_id_leaves_the_others_hot_on_every_worker(net: Net) -> None:
+    net.write(workers=2)
+    await net.start_ingest()
+    await net.start_edge("e1")
+    a, b = await net.upload(images.jpeg()), await net.upload(images.png_alpha())
+    await warm(net, "e1", paths_of(a) + paths_of(b), rounds=6)
+
+    async def memory_entries() -> int:
+        await asyncio.sleep(1.3)  # workers publish their counters once a second
+        async with net.http.get(net.url("e1") + "/_admin/stats", headers=ADMIN) as r:
+            return int((await r.json())["memory_entries"])
+
+    before = await memory_entries()
+    assert before >= 2 * len(paths_of(b))  # both images hot (in one worker or both)
+    code, _, err = await net.cli("purge", str(a["id"]))
+    assert code == 0, err
+    after = await memory_entries()
+    # Only a's entries left the hot tiers; b's stayed in every worker that held them.
+    assert after >= before - 2 * len(paths_of(a)) and after >= len(paths_of(b))
+    # Two purges at once from two clients: both applied.
+    await warm(net, "e1", paths_of(a) + paths_of(b), rounds=4)
+    results = await asyncio.gather(*(net.cli("purge", str(m["id"])) for m in (a, b)))
+    assert all(code == 0 for code, _, _ in results), results
+    for p in paths_of(a) + paths_of(b):
+        assert (await net.get(net.url("e1") + p))[1] == "MISS", p
+
+
+async def test_an_upload_after_a_cached_404_is_served_within_a_second(net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    data = images.jpeg(images.photo(640, 360))
+    path = f"/i/{content_id(data)}/w320.webp"
+    assert (await net.get(net.url("e1") + path))[0] == 404  # cached as missing (30 s TTL)
+    assert (await net.get(net.url("e1") + path))[0] == 404
+    await net.upload(data)
+    t0 = time.monotonic()
+    while (await net.get(net.url("e1") + path))[0] != 200:
+        assert time.monotonic() - t0 < 1.0, "still 404 a second after the 201"
+        await asyncio.sleep(0.05)
+
+
+async def test_records_from_a_second_writer_or_stamped_in_the_past_are_applied(
+        net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    a, b = await net.upload(images.jpeg()), await net.upload(images.png_alpha())
+    await warm(net, "e1", paths_of(a) + paths_of(b), rounds=1)
+    cfg = load_config(net.config, net.env)
+    async with open_origin(cfg.origin) as origin:
+        # A second writer (another ingest, with a clock a minute behind) records a purge of a.
+        other = PurgeHub(origin, 60, 86400)
+        await other.load()
+        rec = await other.append("purge", [str(a["id"])])
+        late = purgelog.Record(rec.seq + 1, "purge", (str(b["id"]),), False, None,
+                               time.time_ns() - 60 * 10**9)
+        assert await purgelog.try_write(origin, late)
+        assert not await purgelog.try_write(origin, late)  # one writer per number, ever
+    deadline = time.monotonic() + 3
+    for p in paths_of(a) + paths_of(b):
+        while (await net.get(net.url("e1") + p))[1] != "MISS":
+            assert time.monotonic() < deadline, f"{p} still served from the cache"
+            await asyncio.sleep(0.1)
+    # An edge that was down while a record landed applies it before serving again.
+    await warm(net, "e1", paths_of(a), rounds=1)
+    await net.edges["e1"].stop()
+    code, _, _ = await net.cli("purge", str(a["id"]))
+    assert code == 1  # e1 was not there to apply it: named
+    await net.start_edge("e1")
+    assert (await net.get(net.url("e1") + paths_of(a)[0]))[1] == "MISS"
+
+
+async def test_the_router_never_sends_clients_to_an_edge_catching_up(net: Net) -> None:
+    net.write(edges=(("e1", "eu"), ("e2", "us")))
+    await net.start_ingest()
+    await net.start_edge("e2")
+    manifest = await net.upload(images.jpeg())
+    assert net.ingest is not None
+    await net.ingest.stop()
+    await net.proxy.stop()  # neither the log stream nor the origin: e1 cannot catch up
+    await net.start_edge("e1")
+    async with net.http.get(net.url("e1") + "/readyz") as r:
+        body = await r.json()
+        assert r.status == 503 and body["media"] is False, body
+    router = await Service(["router", "--config", str(net.config)], self.env).start()
+    try:
+        await asyncio.sleep(0.6)
+        async with net.http.get(f"{router.url}{paths_of(manifest)[0]}?region=eu",
+                                allow_redirects=False) as r:
+            assert r.status == 302
+            assert r.headers["Location"].startswith(net.url("e2")), r.headers["Location"]
+    finally:
+        await router.stop()
+
+
+async def test_readiness_costs_no_origin_request(net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    await asyncio.sleep(0.5)
+    before = sum(net.proxy.counts.values())
+    for _ in range(50):
+        async with net.http.get(net.url("e1") + "/readyz") as r:
+            assert r.status == 200
+    # The follower's background probe may add one; fifty probes must not add fifty.
+    assert sum(net.proxy.counts.values()) - before <= 2
+    await net.proxy.stop()
+    t0 = time.monotonic()
+    while True:  # the origin went away: not ready, but still serving media
+        async with net.http.get(net.url("e1") + "/readyz") as r:
+            body = await r.json()
+            if r.status == 503:
+                assert body["media"] is True and "origin" in body["reason"]
+                break
+        assert time.monotonic() - t0 < 8
+        await asyncio.sleep(0.2)
+    await net.proxy.start()
+    t0 = time.monotonic()
+    while True:  # and ready again without a restart
+        async with net.http.get(net.url("e1") + "/readyz") as r:
+            if r.status == 200:
+                break
+        assert time.monotonic() - t0 < 8
+        await asyncio.sleep(0.2)
