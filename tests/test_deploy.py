@@ -89,8 +89,10 @@ def test_configmap_toml_loads_and_matches_the_statefulsets(tmp_path: Path) -> No
         for edge in region.edges:
             assert (edge.host, edge.port) == (edge.name, port)  # the pod's own hostname
             assert edge.cache_dir.is_relative_to(mount)
-            assert services[edge.name]["spec"]["selector"] == {
-                "statefulset.kubernetes.io/pod-name": edge.name}
+            public = services[edge.name]["spec"]
+            assert public["selector"] == {"statefulset.kubernetes.io/pod-name": edge.name}
+            # /readyz fails while the origin is away; cached objects must stay reachable.
+            assert public["publishNotReadyAddresses"] is True
         assert services[sts["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     for name, port in (("ingest", cfg.ingest.port), ("router", cfg.router.port)):
         (dep,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == name]
