@@ -3,8 +3,7 @@
 #   scripts/container/build.sh                       base from base-image.sh (no registry needed)
 #   BASE=docker.io/library/python:3.11-slim scripts/container/build.sh   a registry's base
 # Steps: the base image; every wheel built on this host into a fresh context (pip's cache
-# makes it quick); `old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-buildah bud --isolation chroot`. Cached: the image is labelled with the
+# makes it quick); `buildah bud --isolation chroot`. Cached: the image is labelled with the
 # hash of its inputs (base image id, Containerfile, this script, the sources and
 # pyproject.toml); when IMAGE already has that label nothing is rebuilt.
 # Knobs: IMAGE (default localhost/mediacdn:dev), BASE (default: base-image.sh's BASE_IMAGE),
