@@ -18,6 +18,7 @@ from edge.paths import parse_name
 from edge.router.choose import decide, nearest_first
 from edge.router.geo import RegionChoice, choose_region
 from edge.router.health import HealthMonitor
+from edge.router.openapi import OPENAPI
 
 CONFIG = web.AppKey("config", Config)
 HEALTH = web.AppKey("health", HealthMonitor)
@@ -63,6 +64,10 @@ async def route(request: web.Request) -> web.Response:
     return web.json_response(decision.explain(image_id))
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[CONFIG] = cfg
@@ -91,4 +96,5 @@ def create_app(cfg: Config) -> web.Application:
     add_ops_routes(app, registry, ready)
     app.router.add_get("/i/{id}/{name}", redirect)
     app.router.add_get("/v1/route", route)
+    app.router.add_get("/openapi.json", openapi)
     return app
