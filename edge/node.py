@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +17,13 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client import Histogram
 
-from common.errors import IntegrityError, MediaCDNError, NotFound, OriginTimeout, OriginUnavailable
+from common.errors import NotFound
 from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
-from edge.fill import NegativeCache, SingleFlight, fetch_verified
+from edge.fill import NegativeCache, OriginUpstream, Remembering, SingleFlight, Verifying
 from edge.memory import MemoryTier
-from edge.peer import fetch_from_peer
+from edge.peer import PeerUpstream, PeerWithFallback
 from edge.rendezvous import owner
 from edge.shared import COUNTERS, PurgeGeneration, StatsBoard
 from edge.stats import EdgeStats
@@ -56,11 +55,34 @@ class EdgeCache:
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
-        self.flight = SingleFlight()
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
-        self.session: aiohttp.ClientSession | None = None  # for peer fetches
+        # Two chains (see edge.fill), each with its own single-flight: a fill that may ask
+        # a peer never shares a flight with one that may not, so a peer's request can never
+        # end up waiting on a request to that peer (edges that disagree about the owner).
+        self.from_origin = Verifying(OriginUpstream(origin, stats, self._observe_fetch),
+                                     "the origin", stats)
+        self.via_origin = SingleFlight(Remembering(self.from_origin, self.store, self.negative))
+        self.via_owner: SingleFlight | None = None  # needs the session: see `session`
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: aiohttp.ClientSession) -> None:
+        """The client for peer fetches; with it, misses on ids we do not own ask the owner."""
+        self._session = session
+        peer = Verifying(PeerUpstream(session, self.origin, self.node, self.owner_of,
+                                      self.stats), "the owner edge", self.stats)
+        self.via_owner = SingleFlight(Remembering(PeerWithFallback(peer, self.from_origin),
+                                                  self.store, self.negative))
+
+    def _observe_fetch(self, seconds: float) -> None:
+        if self.fetch_seconds is not None:
+            self.fetch_seconds.observe(seconds)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
@@ -86,52 +108,19 @@ class EdgeCache:
         if self.negative.hit(key):
             self.stats.negative_hits += 1
             raise NotFound("no such image or variant")
-        fill = self._fill_from_origin if from_peer else self._fill
-        entry, _ = await self.flight.run(key, fill)
+        # One deadline for the whole miss, whichever upstreams it tries.
+        deadline = asyncio.get_running_loop().time() + self.cfg.edge.origin_timeout
+        entry = await self._upstream(key, from_peer).fetch(key, deadline)
         return entry, False
 
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])
 
-    async def _fill(self, key: str) -> Entry:
-        owner_edge = self.owner_of(key)
-        if owner_edge.name != self.node.name and self.session is not None:
-            try:
-                entry = await fetch_from_peer(self.session, self.origin, self.node, owner_edge,
-                                              key, self.cfg.edge.origin_timeout)
-            except NotFound:
-                self.negative.add(key)
-                raise NotFound("no such image or variant") from None
-            except IntegrityError as exc:
-                self.stats.verify_failures += 1
-                log.error("%s; using the origin", exc)
-            except (MediaCDNError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("owner edge %s failed for %s (%s); using the origin",
-                            owner_edge.name, key, type(exc).__name__)
-            else:
-                self.stats.peer_fetches += 1
-                await self.store(entry)
-                return entry
-        return await self._fill_from_origin(key)
-
-    async def _fill_from_origin(self, key: str) -> Entry:
-        t0 = time.perf_counter()
-        self.stats.origin_fetches += 1
-        try:
-            entry = await fetch_verified(self.origin, key, self.cfg.edge.origin_timeout)
-        except NotFound:
-            self.negative.add(key)
-            raise NotFound("no such image or variant") from None
-        except IntegrityError:
-            self.stats.verify_failures += 1
-            raise
-        except (OriginUnavailable, OriginTimeout):
-            raise
-        finally:
-            if self.fetch_seconds is not None:
-                self.fetch_seconds.observe(time.perf_counter() - t0)
-        await self.store(entry)
-        return entry
+    def _upstream(self, key: str, from_peer: bool) -> SingleFlight:
+        # A request from another edge is never forwarded again.
+        if from_peer or self.via_owner is None or self.owner_of(key).name == self.node.name:
+            return self.via_origin
+        return self.via_owner
 
     async def store(self, entry: Entry) -> None:
         self.memory.put(entry)
@@ -201,7 +190,8 @@ class EdgeCache:
             "memory_bytes": self.memory.bytes,
             "memory_evictions": self.memory.evictions,
             "disk_evictions": self.disk_evictions,
-            "collapsed_waiters": self.flight.collapsed,
+            "collapsed_waiters": self.via_origin.collapsed + (
+                self.via_owner.collapsed if self.via_owner is not None else 0),
             "disk_unavailable": int(isinstance(self.disk, NoDiskTier)),
         }
 
