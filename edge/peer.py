@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiohttp
 
-from common.errors import IntegrityError, MediaCDNError, NotFound, OriginUnavailable
+from common.errors import IntegrityError, NotFound, OriginUnavailable
 from common.hashing import is_content_id
 from config.schema import EdgeNode
 from edge.entry import Entry, content_type_for
@@ -62,7 +63,7 @@ async def read_capped(response: aiohttp.ClientResponse, size: int, who: str) -> 
     return b"".join(parts)
 
 
-def _retrieve(task: asyncio.Future[ObjectInfo]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -103,19 +104,46 @@ class PeerUpstream:
 
 
 class PeerWithFallback:
-    """Ask `peer` with part of the deadline; on anything but the origin's own 404, ask
-    `fallback` with what is left."""
+    """Ask `peer`; if it fails, ask `fallback`. If it has not answered after its share of
+    the deadline, ask `fallback` too and take the first good answer (a hedged request): a
+    hung owner costs one deadline in all, never two, and a slow one is not wasted."""
 
     def __init__(self, peer: Upstream, fallback: Upstream, share: float = PEER_SHARE) -> None:
         self.peer, self.fallback, self.share = peer, fallback, share
 
     async def fetch(self, key: str, deadline: float) -> Entry:
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        tasks = [asyncio.ensure_future(self.peer.fetch(key, deadline))]
         try:
-            return await self.peer.fetch(key, now + (deadline - now) * self.share)
-        except NotFound:
-            raise  # the origin's HEAD said so: asking it again would say the same
-        except (MediaCDNError, aiohttp.ClientError, OSError) as exc:
-            log.warning("%s: using the origin for %s", exc, key,
-                        extra={"error": type(exc).__name__})
-        return await self.fallback.fetch(key, deadline)
+            await asyncio.wait(tasks, timeout=(deadline - loop.time()) * self.share)
+            if not tasks[0].done():
+                log.info("owner edge slow for %s: asking the origin too", key)
+            elif _usable(tasks[0]):
+                return tasks[0].result()
+            tasks.append(asyncio.ensure_future(self.fallback.fetch(key, deadline)))
+            return await _first_good(tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+                t.add_done_callback(_retrieve)
+
+
+def _usable(task: asyncio.Future[Entry]) -> bool:
+    """Done with an entry, or with the origin's own 404 (raised as the answer)."""
+    exc = task.exception()
+    if exc is None or isinstance(exc, NotFound):
+        return True
+    log.warning("%s: using the origin", exc, extra={"error": type(exc).__name__})
+    return False
+
+
+async def _first_good(tasks: Sequence[asyncio.Future[Entry]]) -> Entry:
+    """The first entry (or origin 404) among `tasks`; else the last one's error (the
+    origin's: it says more than the peer's)."""
+    pending = {t for t in tasks if not t.done()}  # a done one was judged already
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if _usable(t):
+                return t.result()
+    return tasks[-1].result()
