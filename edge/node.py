@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from edge.stats import EdgeStats
 from origin import Origin
 
 log = logging.getLogger("mediacdn.edge")
+RECLAIM_SECONDS = 600.0
 T = TypeVar("T")
 
 
@@ -51,6 +53,8 @@ class EdgeCache:
         self.region_edges = region.edges
         self.generation = PurgeGeneration(node.cache_dir / "purge.gen")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
+        self.worker = worker
+        self._next_reclaim = 0.0  # the first housekeeping round, just after start
         self.cors = cors_headers(cfg.edge.cors_allow_origin)
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
@@ -162,8 +166,20 @@ class EdgeCache:
     async def housekeeping(self) -> None:
         """Once a second: write batched recency, close retired memfds, publish counters."""
         self.memory.reap()
+        await self._reclaim_orphans_now_and_then()
         await self.blocking(self.disk.flush_recency)
         await self.blocking(self.board.publish, self.stats, self.gauges())
+
+    async def _reclaim_orphans_now_and_then(self) -> None:
+        """At start, then every RECLAIM_SECONDS: cache files a killed process left without a
+        row (one worker of a node does it: it walks the whole cache directory)."""
+        if self.worker != 0 or time.monotonic() < self._next_reclaim:
+            return
+        self._next_reclaim = time.monotonic() + RECLAIM_SECONDS
+        removed = await self.blocking(self.disk.reclaim_orphans)
+        if removed:
+            log.warning("removed %d orphaned cache file(s) (left by a killed process)",
+                        removed)
 
     def responses(self) -> Counter[tuple[int, str]]:
         """Answers by (status, cache result), every worker of the node added up."""
