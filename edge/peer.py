@@ -128,12 +128,13 @@ class PeerWithFallback:
                 t.add_done_callback(_retrieve)
 
 
-def _usable(task: asyncio.Future[Entry]) -> bool:
-    """Done with an entry, or with the origin's own 404 (raised as the answer)."""
+def _usable(task: asyncio.Future[Entry], peer: bool = True) -> bool:
+    """Done with an entry, or with the origin's own 404 (an answer too)."""
     exc = task.exception()
     if exc is None or isinstance(exc, NotFound):
         return True
-    log.warning("%s: using the origin", exc, extra={"error": type(exc).__name__})
+    if peer:
+        log.warning("%s: using the origin", exc, extra={"error": type(exc).__name__})
     return False
 
 
@@ -144,6 +145,6 @@ async def _first_good(tasks: Sequence[asyncio.Future[Entry]]) -> Entry:
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if _usable(t):
+            if _usable(t, peer=t is not tasks[-1]):
                 return t.result()
     return tasks[-1].result()

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,7 +19,7 @@ from origin import keys as K
 from origin import open_origin
 from tests.conftest import s3_origin_config
 from tests.proxy import CountingProxy
-from tests.s3server import S3Server
+from tests.s3server import S3Server, free_port
 
 pytestmark = pytest.mark.timeout(60)
 ID = "ab" * 32
@@ -73,3 +78,36 @@ async def test_a_missing_bucket_is_an_outage_for_every_read(s3_server: S3Server)
     async with open_origin(s3_origin_config(s3_server, bucket=cfg.bucket)) as origin:
         with pytest.raises(NotFound):  # made (create_bucket): now a key can be missing
             await origin.head(K.original(ID))
+
+
+@pytest.fixture
+def checking_s3() -> Iterator[S3Server]:
+    """moto's server checking credentials (by default it accepts any)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = S3Server(f"http://127.0.0.1:{port}", "AKIANOSUCHKEY0000000", "wrong", "moto",
+                      proc)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(server.endpoint + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_refused_credentials_are_an_outage_never_a_missing_object(
+    checking_s3: S3Server
+) -> None:
+    cfg = s3_origin_config(checking_s3, create_bucket=False, max_attempts=1)
+    async with open_origin(cfg) as origin:
+        for call in (origin.head(K.original(ID)), origin.read(K.original(ID)),
+                     origin.ping(), origin.list("purges/")):
+            with pytest.raises(OriginUnavailable):  # InvalidAccessKeyId, or a bare 403
+                await call
