@@ -23,6 +23,7 @@ from common.hashing import content_id
 from config import Config
 from config.schema import EdgeNode, OriginConfig
 from edge.app import create_app
+from edge.peer import PEER_HEADER
 from edge.rendezvous import owner
 from origin import keys as K
 from origin import open_origin
@@ -167,6 +168,20 @@ async def test_a_lying_owner_edge_cannot_make_an_edge_cache_a_404_or_read_past_t
     # The object is 20 KB: once past it, the edge stops reading. What the liar still gets
     # out is what the two sockets' kernel buffers absorb, nowhere near the 64 MiB offered.
     assert peer.sent < 16 * 1024 * 1024
+
+
+async def test_a_request_from_a_peer_is_never_forwarded(serve: Serve, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    a, b = region_pair(cfg)
+    image_id = id_owned_by((a, b), b.name, "fwd")  # a believes b owns it
+    data = await put_variant(cfg.origin, image_id)
+    owner_edge = LyingPeer("404")  # counts what reaches "b"
+    await serve(owner_edge.app(), b)
+    await serve(create_app(cfg, a), a)
+    status, body, _ = await fetch(f"{a.url}/i/{image_id}/w640.webp",
+                                  headers={PEER_HEADER: "eu-west-x"})
+    assert status == 200 and body == data
+    assert owner_edge.requests == 0  # filled from the origin, not sent on to the owner
 
 
 async def test_edges_that_disagree_about_the_owner_never_wait_on_each_other(
