@@ -133,6 +133,8 @@ class LyingPeer:
         self.requests += 1
         if self.mode == "404":
             return web.json_response({"title": "Not Found"}, status=404)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
         resp = web.StreamResponse(headers={"Content-Type": "image/webp"})
         await resp.prepare(request)
         chunk = b"\0" * 65536
@@ -168,6 +170,20 @@ async def test_a_lying_owner_edge_cannot_make_an_edge_cache_a_404_or_read_past_t
     # The object is 20 KB: once past it, the edge stops reading. What the liar still gets
     # out is what the two sockets' kernel buffers absorb, nowhere near the 64 MiB offered.
     assert peer.sent < 16 * 1024 * 1024
+
+
+async def test_a_hung_owner_edge_costs_part_of_one_timeout_not_a_whole_one(
+    serve: Serve, tmp_path: Path
+) -> None:
+    cfg = with_edge(make_config(tmp_path), origin_timeout=4.0)
+    a, b = region_pair(cfg)
+    image_id = id_owned_by((a, b), b.name, "hang")
+    data = await put_variant(cfg.origin, image_id)
+    await serve(LyingPeer("hang").app(), b)
+    await serve(create_app(cfg, a), a)
+    status, body, took = await fetch(f"{a.url}/i/{image_id}/w640.webp")
+    assert status == 200 and body == data
+    assert took < cfg.edge.origin_timeout  # the origin was asked before the owner gave up
 
 
 async def test_a_request_from_a_peer_is_never_forwarded(serve: Serve, tmp_path: Path) -> None:
