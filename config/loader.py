@@ -134,6 +134,7 @@ def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
         read_timeout=t.number("read_timeout", 10.0, lo=0.01),
         max_attempts=t.integer("max_attempts", 3, lo=1, hi=10),
         max_pool_connections=t.integer("max_pool_connections", 32, lo=1, hi=1024),
+        call_timeout=t.number("call_timeout", 15.0, lo=0.05),
     )
     t.done()
     return cfg

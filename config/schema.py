@@ -32,8 +32,9 @@ class OriginConfig:
     create_bucket: bool
     connect_timeout: float
     read_timeout: float
-    max_attempts: int
+    max_attempts: int  # tries per call, the first included
     max_pool_connections: int
+    call_timeout: float = 15.0  # one S3 call, every attempt included
 
 
 @dataclass(frozen=True)

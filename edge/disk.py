@@ -14,6 +14,7 @@ Every method blocks: call them from the node's I/O threads, never on the event l
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -23,6 +24,11 @@ import diskcache
 
 from common.hashing import content_id
 from edge.entry import Entry
+
+# A value file is written before its row is inserted, and the insert may wait up to
+# diskcache's SQLite timeout (60 s) for the lock: a file younger than this with no row may
+# be another worker's write in flight, not an orphan.
+ORPHAN_MIN_AGE = 120.0
 
 
 class CorruptEntry(Exception):
@@ -37,6 +43,7 @@ class DiskTier:
         self._writer = diskcache.Cache(str(directory), **settings)
         self._reader = diskcache.Cache(str(directory), **settings)
         self._reader.reset("eviction_policy", "none", update=False)  # local only: fast gets
+        self.directory = directory
         self._touched: set[str] = set()
         self._lock = threading.Lock()
         self.size_limit = size_limit
@@ -94,6 +101,39 @@ class DiskTier:
             for key in touched:
                 sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (at, key))
         return len(touched)
+
+    def reclaim_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
+        """Remove value files that no row names, older than `min_age`: what a process
+        killed between writing a value file and inserting its row leaves, and diskcache
+        never reclaims. Returns how many were removed.
+
+        Not `Cache.check(fix=True)`: it also runs a VACUUM and an integrity check under the
+        write lock (2.9 s vs 1.9 s for this on 20,000 entries), and it removes every file
+        without a row, including another worker's write in flight.
+        """
+        known = self._value_files()
+        cutoff = time.time() - min_age
+        removed = 0
+        for dirpath, _, files in os.walk(self.directory):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if not name.endswith(".val") or os.path.relpath(path, self.directory) in known:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < cutoff:
+                        os.remove(path)
+                        removed += 1
+        return removed
+
+    def _value_files(self) -> set[str]:
+        # diskcache has no public listing of its files; its table names them (relative
+        # paths). Read on a connection of our own rather than through its private `_sql`.
+        db = sqlite3.connect(self.directory / diskcache.core.DBNAME, timeout=60)
+        try:
+            rows = db.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+            return {str(r[0]) for r in rows}
+        finally:
+            db.close()
 
     def contains(self, key: str) -> bool:
         return key in self._reader
@@ -155,6 +195,9 @@ class NoDiskTier(DiskTier):
         raise OSError(f"no disk tier: {self.reason}")
 
     def evict_to_limit(self) -> int:
+        return 0
+
+    def reclaim_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
         return 0
 
     def flush_recency(self) -> int:

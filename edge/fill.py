@@ -1,5 +1,11 @@
-"""A miss: fetch from upstream, verify the bytes against their blake3, then cache.
+"""A miss, as layers that share one interface (like httpx's transports): each `Upstream`
+answers `fetch(key, deadline)` with an entry or a domain error, and wraps another.
 
+    SingleFlight(Remembering(Verifying(OriginUpstream)))                   owner, peer asks
+    SingleFlight(Remembering(PeerWithFallback(Verifying(PeerUpstream),     not the owner
+                                              Verifying(OriginUpstream))))
+
+`deadline` is one absolute `loop.time()` for the whole miss, whatever the layers do inside.
 Concurrent misses for one object share one upstream fetch (single-flight). Unknown objects
 are remembered for a short TTL (negative cache), so a flood of them stays off the origin.
 """
@@ -11,10 +17,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from common.errors import IntegrityError, OriginTimeout, ServiceUnavailable
-from common.hashing import Hasher, is_content_id
+from common.errors import IntegrityError, NotFound, OriginTimeout, ServiceUnavailable
+from common.hashing import content_id, is_content_id
 from edge.entry import Entry, content_type_for
+from edge.stats import EdgeStats
 from origin import Origin
 from origin import keys as K
 
@@ -64,17 +72,34 @@ def origin_key_for(key: str) -> str:
     return K.variant(image_id, variant, ext)
 
 
-async def fetch_verified(origin: Origin, key: str, limit_seconds: float) -> Entry:
-    """The object's bytes from the origin, verified before anyone sees them: a variant
-    against the blake3 stored with it, an original against its id (its own blake3)."""
-    image_id, name = key.split("/", 1)
-    origin_key = origin_key_for(key)
-    try:
-        async with asyncio.timeout(limit_seconds):
-            async with origin.open(origin_key) as reader:
+class Upstream(Protocol):
+    async def fetch(self, key: str, deadline: float) -> Entry:
+        """The entry for a cache key; its `blake3` is what a trusted source (the origin)
+        says the bytes hash to. Raises NotFound only when the origin said so."""
+        ...
+
+
+def timed_out(what: str) -> OriginTimeout:
+    return OriginTimeout(f"{what} did not answer within the edge's origin_timeout")
+
+
+class OriginUpstream:
+    """The object's bytes and the blake3 stored with them: the variant's metadata, or for
+    an original its id (its own blake3). Not yet checked: `Verifying` does that."""
+
+    def __init__(self, origin: Origin, stats: EdgeStats,
+                 observe: Callable[[float], None] | None = None) -> None:
+        self.origin, self.stats, self.observe = origin, stats, observe
+
+    async def fetch(self, key: str, deadline: float) -> Entry:
+        image_id, name = key.split("/", 1)
+        origin_key = origin_key_for(key)
+        self.stats.origin_fetches += 1
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline), self.origin.open(origin_key) as reader:
                 if name == ORIGINAL:
-                    expected = image_id
-                    content_type = reader.info.content_type
+                    expected, content_type = image_id, reader.info.content_type
                 else:
                     expected = reader.info.metadata.get("blake3", "")
                     content_type = content_type_for(key)
@@ -82,29 +107,65 @@ async def fetch_verified(origin: Origin, key: str, limit_seconds: float) -> Entr
                     raise IntegrityError(f"origin object {origin_key} carries no blake3")
                 if reader.info.size > MAX_OBJECT_BYTES:
                     raise IntegrityError(f"origin object {origin_key} is implausibly large")
-                hasher, parts = Hasher(), []
-                async for chunk in reader.iter_chunks():
-                    hasher.update(chunk)
-                    parts.append(chunk)
-    except TimeoutError:
-        raise OriginTimeout(f"the origin did not answer within {limit_seconds:g} s") from None
-    body = b"".join(parts)
-    if hasher.hexdigest() != expected:
-        raise IntegrityError(f"bytes of {origin_key} do not match their blake3; not served")
-    return Entry(key, body, expected, content_type, time.time())
+                parts = [chunk async for chunk in reader.iter_chunks()]
+        except TimeoutError:
+            raise timed_out("the origin") from None
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - t0)
+        return Entry(key, b"".join(parts), expected, content_type, time.time())
 
 
-Fetcher = Callable[[str], Awaitable[Entry]]
+class Verifying:
+    """Bytes are checked against their trusted blake3 before anyone sees or caches them."""
+
+    def __init__(self, inner: Upstream, source: str, stats: EdgeStats) -> None:
+        self.inner, self.source, self.stats = inner, source, stats
+
+    async def fetch(self, key: str, deadline: float) -> Entry:
+        entry = await self.inner.fetch(key, deadline)
+        body = entry.body
+        # blake3 releases the GIL on big inputs: hash those off the loop.
+        digest = (content_id(body) if len(body) < 1 << 20
+                  else await asyncio.to_thread(content_id, body))
+        if digest != entry.blake3:
+            self.stats.verify_failures += 1
+            raise IntegrityError(f"bytes of {key} from {self.source} do not match their "
+                                 "blake3; not served")
+        return entry
+
+
+class Remembering:
+    """What a fill learnt is kept: the entry through `store` (the node's one place that
+    caches a fetched entry), a 404 of the origin's through `missing` (the negative cache).
+    Both get the invalidation token taken when the fill started, so nothing learnt before a
+    purge (or an upload) of the id is kept after it."""
+
+    def __init__(self, inner: Upstream, store: Callable[[Entry, int], Awaitable[None]],
+                 missing: Callable[[str, int], None], token: Callable[[], int]) -> None:
+        self.inner, self.store, self.missing, self.token = inner, store, missing, token
+
+    async def fetch(self, key: str, deadline: float) -> Entry:
+        token = self.token()
+        try:
+            entry = await self.inner.fetch(key, deadline)
+        except NotFound:
+            self.missing(key, token)
+            raise NotFound("no such image or variant") from None
+        await self.store(entry, token)
+        return entry
 
 
 class SingleFlight:
     """One upstream fetch per key at a time; every waiter gets its result or its error.
 
     The fetch runs as its own task, so a client that goes away cancels only its wait,
-    never the fill the others are waiting on.
+    never the fill the others are waiting on. A waiter shares the first caller's deadline,
+    which is never later than its own (every miss gets the same budget).
     """
 
-    def __init__(self, max_waiters: int = 10_000) -> None:
+    def __init__(self, inner: Upstream, max_waiters: int = 10_000) -> None:
+        self.inner = inner
         self._inflight: dict[str, asyncio.Task[Entry]] = {}
         self._waiters: dict[str, int] = {}
         self.max_waiters = max_waiters
@@ -124,12 +185,10 @@ class SingleFlight:
             del self._inflight[key]
             self._waiters.pop(key, None)
 
-    async def run(self, key: str, fetch: Fetcher) -> tuple[Entry, bool]:
-        """(entry, True if this call started the fetch)."""
+    async def fetch(self, key: str, deadline: float) -> Entry:
         task = self._inflight.get(key)
-        leader = task is None
         if task is None:
-            task = asyncio.ensure_future(fetch(key))
+            task = asyncio.ensure_future(self.inner.fetch(key, deadline))
             self._inflight[key] = task
             self._waiters[key] = 0
             task.add_done_callback(lambda t: self._done(key, t))
@@ -138,4 +197,4 @@ class SingleFlight:
                 raise ServiceUnavailable("too many requests waiting for this object")
             self.collapsed += 1
         self._waiters[key] += 1
-        return await asyncio.shield(task), leader
+        return await asyncio.shield(task)

@@ -18,21 +18,29 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client import Histogram
 
-from common.errors import IntegrityError, MediaCDNError, NotFound, OriginTimeout, OriginUnavailable
+from common.errors import NotFound
 from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
-from edge.fill import NegativeCache, SingleFlight, fetch_verified
+from edge.fill import (
+    NegativeCache,
+    OriginUpstream,
+    Remembering,
+    SingleFlight,
+    Upstream,
+    Verifying,
+)
 from edge.invalidation import Invalidation
 from edge.journal import Journal
 from edge.memory import MemoryTier
-from edge.peer import fetch_from_peer
+from edge.peer import PeerUpstream, PeerWithFallback
 from edge.rendezvous import owner
 from edge.shared import COUNTERS, StatsBoard
 from edge.stats import EdgeStats
 from origin import Origin
 
 log = logging.getLogger("mediacdn.edge")
+RECLAIM_SECONDS = 600.0
 T = TypeVar("T")
 
 
@@ -54,17 +62,51 @@ class EdgeCache:
         self.region_edges = region.edges
         self.journal = Journal(node.cache_dir / "invalidations")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
+        self.worker = worker
+        self._next_reclaim = 0.0  # the first housekeeping round, just after start
         self.cors = cors_headers(cfg.edge.cors_allow_origin)
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
-        self.flight = SingleFlight()
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
-        self.session: aiohttp.ClientSession | None = None  # for peer fetches
-        self.invalidation = Invalidation(self.journal, self.memory, self.negative, self.flight,
-                                         self.disk, self.blocking)
+        # Two chains (see edge.fill), each with its own single-flight: a fill that may ask
+        # a peer never shares a flight with one that may not, so a peer's request can never
+        # end up waiting on a request to that peer (edges that disagree about the owner).
+        self.from_origin = Verifying(OriginUpstream(origin, stats, self._observe_fetch),
+                                     "the origin", stats)
+        self.via_origin = SingleFlight(self._remembering(self.from_origin))
+        self.via_owner: SingleFlight | None = None  # needs the session: see `session`
+        self._session: aiohttp.ClientSession | None = None
+        self.invalidation = Invalidation(self.journal, self.memory, self.negative,
+                                         self._forget_flights, self.disk, self.blocking)
+
+    def _remembering(self, inner: Upstream) -> Remembering:
+        return Remembering(inner, self.store, self._remember_missing,
+                           lambda: self.invalidation.token())
+
+    def _forget_flights(self, prefix: str) -> None:
+        self.via_origin.forget_prefix(prefix)
+        if self.via_owner is not None:
+            self.via_owner.forget_prefix(prefix)
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self._session
+
+    @session.setter
+    def session(self, session: aiohttp.ClientSession) -> None:
+        """The client for peer fetches; with it, misses on ids we do not own ask the owner."""
+        self._session = session
+        peer = Verifying(PeerUpstream(session, self.origin, self.node, self.owner_of,
+                                      self.stats), "the owner edge", self.stats)
+        self.via_owner = SingleFlight(self._remembering(PeerWithFallback(peer,
+                                                                         self.from_origin)))
+
+    def _observe_fetch(self, seconds: float) -> None:
+        if self.fetch_seconds is not None:
+            self.fetch_seconds.observe(seconds)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
@@ -92,54 +134,19 @@ class EdgeCache:
         if self.negative.hit(key):
             self.stats.negative_hits += 1
             raise NotFound("no such image or variant")
-        fill = self._fill_from_origin if from_peer else self._fill
-        entry, _ = await self.flight.run(key, fill)
+        # One deadline for the whole miss, whichever upstreams it tries.
+        deadline = asyncio.get_running_loop().time() + self.cfg.edge.origin_timeout
+        entry = await self._upstream(key, from_peer).fetch(key, deadline)
         return entry, False
 
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])
 
-    async def _fill(self, key: str) -> Entry:
-        token = self.invalidation.token()
-        owner_edge = self.owner_of(key)
-        if owner_edge.name != self.node.name and self.session is not None:
-            try:
-                entry = await fetch_from_peer(self.session, self.origin, self.node, owner_edge,
-                                              key, self.cfg.edge.origin_timeout)
-            except NotFound:
-                self._remember_missing(key, token)
-                raise NotFound("no such image or variant") from None
-            except IntegrityError as exc:
-                self.stats.verify_failures += 1
-                log.error("%s; using the origin", exc)
-            except (MediaCDNError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("owner edge %s failed for %s (%s); using the origin",
-                            owner_edge.name, key, type(exc).__name__)
-            else:
-                self.stats.peer_fetches += 1
-                await self.store(entry, token)
-                return entry
-        return await self._fill_from_origin(key, token)
-
-    async def _fill_from_origin(self, key: str, token: int | None = None) -> Entry:
-        token = self.invalidation.token() if token is None else token
-        t0 = time.perf_counter()
-        self.stats.origin_fetches += 1
-        try:
-            entry = await fetch_verified(self.origin, key, self.cfg.edge.origin_timeout)
-        except NotFound:
-            self._remember_missing(key, token)
-            raise NotFound("no such image or variant") from None
-        except IntegrityError:
-            self.stats.verify_failures += 1
-            raise
-        except (OriginUnavailable, OriginTimeout):
-            raise
-        finally:
-            if self.fetch_seconds is not None:
-                self.fetch_seconds.observe(time.perf_counter() - t0)
-        await self.store(entry, token)
-        return entry
+    def _upstream(self, key: str, from_peer: bool) -> SingleFlight:
+        # A request from another edge is never forwarded again.
+        if from_peer or self.via_owner is None or self.owner_of(key).name == self.node.name:
+            return self.via_origin
+        return self.via_owner
 
     def _remember_missing(self, key: str, token: int) -> None:
         if self.invalidation.still_missing(key, token):  # else: uploaded meanwhile
@@ -176,8 +183,20 @@ class EdgeCache:
     async def housekeeping(self) -> None:
         """Once a second: write batched recency, close retired memfds, publish counters."""
         self.memory.reap()
+        await self._reclaim_orphans_now_and_then()
         await self.blocking(self.disk.flush_recency)
         await self.blocking(self.board.publish, self.stats, self.gauges())
+
+    async def _reclaim_orphans_now_and_then(self) -> None:
+        """At start, then every RECLAIM_SECONDS: cache files a killed process left without a
+        row (one worker of a node does it: it walks the whole cache directory)."""
+        if self.worker != 0 or time.monotonic() < self._next_reclaim:
+            return
+        self._next_reclaim = time.monotonic() + RECLAIM_SECONDS
+        removed = await self.blocking(self.disk.reclaim_orphans)
+        if removed:
+            log.warning("removed %d orphaned cache file(s) (left by a killed process)",
+                        removed)
 
     def responses(self) -> Counter[tuple[int, str]]:
         """Answers by (status, cache result), every worker of the node added up."""
@@ -204,7 +223,8 @@ class EdgeCache:
             "memory_bytes": self.memory.bytes,
             "memory_evictions": self.memory.evictions,
             "disk_evictions": self.disk_evictions,
-            "collapsed_waiters": self.flight.collapsed,
+            "collapsed_waiters": self.via_origin.collapsed + (
+                self.via_owner.collapsed if self.via_owner is not None else 0),
             "disk_unavailable": int(isinstance(self.disk, NoDiskTier)),
         }
 

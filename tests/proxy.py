@@ -52,6 +52,10 @@ class CountingProxy:
         ) as r:
             data = await r.read()
             out = {k: v for k, v in r.headers.items() if k.lower() not in HOP}
+            if request.method == "HEAD" and "Content-Length" in r.headers:
+                # A HEAD's length is the object's (RFC 9110 §8.6), not that of no body.
+                out["Content-Length"] = r.headers["Content-Length"]
+                return web.Response(status=r.status, headers=out)
             return web.Response(status=r.status, body=data, headers=out)
 
     async def start(self) -> None:

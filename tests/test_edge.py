@@ -72,9 +72,13 @@ async def test_miss_then_hit_with_every_header(edge: Client, cfg: Config,
     assert h["Cache-Control"] == "public, max-age=31536000, immutable"
     assert h["Accept-Ranges"] == "bytes"
     assert h["X-Cache"] == "MISS"
+    assert int(h.get("Age", "0")) == 0  # just fetched
+    await asyncio.sleep(1.2)
     status, h, body2 = await get(edge, path)
     assert (status, h["X-Cache"], body2) == (200, "HIT", body)
-    assert int(h["Age"]) >= 0
+    assert 1 <= int(h["Age"]) <= 3  # how long it has been cached (RFC 9111 §5.1)
+    status, h, _ = await get(edge, path, headers={"If-None-Match": '"other"'})  # full path
+    assert h["X-Cache"] == "HIT" and 1 <= int(h["Age"]) <= 3
     assert proxy.gets(image_id) == 1
     status, h, body = await get(edge, f"/i/{image_id}/s150.jpg")
     assert h["Content-Type"] == "image/jpeg" and body == bodies[("s150", "jpg")]
