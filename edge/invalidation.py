@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from edge.disk import DiskTier
-from edge.fill import NegativeCache, SingleFlight
+from edge.fill import NegativeCache
 from edge.journal import ALL, ANNOUNCE, PURGE, Journal
 from edge.memory import MemoryTier
 
@@ -34,10 +34,11 @@ MAX_REMEMBERED = 200_000
 
 class Invalidation:
     def __init__(self, journal: Journal, memory: MemoryTier, negative: NegativeCache,
-                 flight: SingleFlight, disk: DiskTier,
+                 forget_flights: Callable[[str], None], disk: DiskTier,
                  blocking: Callable[..., Awaitable[object]]) -> None:
         self.journal = journal
-        self.memory, self.negative, self.flight, self.disk = memory, negative, flight, disk
+        self.memory, self.negative, self.disk = memory, negative, disk
+        self.forget_flights = forget_flights  # in-flight fills of a prefix: start afresh
         self._blocking = blocking
         self.seen = journal.count  # a new worker's tiers are empty: nothing to apply
         self._dropped_at: OrderedDict[str, int] = OrderedDict()  # id -> journal position
@@ -72,7 +73,7 @@ class Invalidation:
             self._remember(self._announced_at, image_id, position)
             return
         self.memory.discard_prefix(prefix)
-        self.flight.forget_prefix(prefix)  # later requests start a fresh fill
+        self.forget_flights(prefix)  # later requests start a fresh fill
         self._remember(self._dropped_at, image_id, position)
 
     def _remember(self, table: OrderedDict[str, int], image_id: str, position: int) -> None:
@@ -85,7 +86,7 @@ class Invalidation:
     def _drop_everything(self, position: int) -> None:
         self.memory.clear()
         self.negative.clear()
-        self.flight.forget_prefix("")
+        self.forget_flights("")
         self._all_at = position
 
     def token(self) -> int:

@@ -3,7 +3,7 @@
     originals/{id}                    the uploaded bytes
     variants/{id}/{variant}.{ext}     one encoded variant
     manifests/{id}.json               written last: a manifest means the set is complete
-    purges/{ns:020d}-{rand}.json      append-only purge/delete records, ordered by name
+    purgelog/{seq:020d}.json          the invalidation log (origin.purgelog owns its keys)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from common.hashing import is_content_id
 
 KEY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
 SAFE_PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-PURGES_PREFIX = "purges/"
+PURGES_PREFIX = "purges/"  # the log's old, clock-ordered place: no longer written or read
 
 
 def _check_id(image_id: str) -> str:
@@ -39,12 +39,6 @@ def variants_prefix(image_id: str) -> str:
 
 def manifest(image_id: str) -> str:
     return f"manifests/{_check_id(image_id)}.json"
-
-
-def purge_record(ns: int, nonce: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{8,32}", nonce):
-        raise ValueError("bad nonce")
-    return f"{PURGES_PREFIX}{ns:020d}-{nonce}.json"
 
 
 def is_valid_key(key: str) -> bool:

@@ -293,7 +293,7 @@ async def test_the_router_never_sends_clients_to_an_edge_catching_up(net: Net) -
     async with net.http.get(net.url("e1") + "/readyz") as r:
         body = await r.json()
         assert r.status == 503 and body["media"] is False, body
-    router = await Service(["router", "--config", str(net.config)], self.env).start()
+    router = await Service(["router", "--config", str(net.config)], net.env).start()
     try:
         await asyncio.sleep(0.6)
         async with net.http.get(f"{router.url}{paths_of(manifest)[0]}?region=eu",

@@ -12,6 +12,7 @@ from common.hashing import content_id
 from config.schema import OriginConfig
 from origin import Origin, open_origin
 from origin import keys as K
+from origin import purgelog
 from tests.conftest import s3_origin_config
 from tests.s3server import S3Server, free_port, start_moto
 
@@ -93,15 +94,15 @@ async def test_list_with_prefix_and_cursor(origin: Origin) -> None:
     for name in ("w320", "w640", "s150"):
         await origin.put(K.variant(ID, name, "jpg"), b"v", "image/jpeg", {})
     await origin.put(K.variant(other, "w320", "jpg"), b"v", "image/jpeg", {})
-    records = [K.purge_record(n, "abcdef01") for n in (3, 1, 2)]
+    records = [purgelog.key_of(n) for n in (3, 1, 2)]
     for r in records:
         await origin.put(r, b"{}", "application/json", {})
     assert await origin.list(K.variants_prefix(ID)) == sorted(
         K.variant(ID, n, "jpg") for n in ("w320", "w640", "s150")
     )
-    assert await origin.list(K.PURGES_PREFIX) == sorted(records)
-    assert await origin.list(K.PURGES_PREFIX, start_after=sorted(records)[0]) == sorted(records)[1:]
-    assert await origin.list(K.PURGES_PREFIX, limit=2) == sorted(records)[:2]
+    assert await origin.list(purgelog.PREFIX) == sorted(records)
+    assert await origin.list(purgelog.PREFIX, start_after=sorted(records)[0]) == sorted(records)[1:]
+    assert await origin.list(purgelog.PREFIX, limit=2) == sorted(records)[:2]
     assert await origin.list("manifests/") == []
 
 

@@ -1,7 +1,10 @@
-"""The durable purge log: ordering, cursors, compaction, and an edge that was away too long."""
+"""The durable invalidation log: sequence numbers claimed by conditional create, order
+without clocks, several writers, compaction, damaged records, an edge that was away."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -10,56 +13,117 @@ from common.hashing import content_id
 from config import Config
 from edge.disk import DiskTier
 from edge.entry import Entry
+from ingest.purgehub import Gone, PurgeHub
+from origin import Origin, purgelog
 from origin import keys as K
-from origin import purgelog
 from origin.fs import FsOrigin
 from tests.helpers import make_config
 
 
-async def test_records_are_read_in_order_after_a_cursor(tmp_path: Path) -> None:
-    origin = FsOrigin(tmp_path / "o")
+async def test_a_create_is_refused_when_the_key_exists(origin: Origin) -> None:
+    key = purgelog.key_of(7)
+    assert await origin.create(key, b"first", "application/json")
+    assert not await origin.create(key, b"second", "application/json")
+    assert (await origin.read(key))[1] == b"first"
+
+
+async def test_records_are_read_in_sequence_after_a_cursor(origin: Origin) -> None:
+    hub = PurgeHub(origin, 60, 86400)
+    await hub.load()
     ids = [content_id(bytes([i])) for i in range(5)]
-    written = [await purgelog.append(origin, ids=[i]) for i in ids]
-    await purgelog.append(origin, ids=[], purge_all=True, region="us-east")
-    records = await purgelog.read_since(origin, "")
-    assert [r.ids for r in records[:5]] == [(i,) for i in ids]
-    assert records[5].all and records[5].applies_to("us-east")
-    assert not records[5].applies_to("eu-west")
-    assert [r.key for r in await purgelog.read_since(origin, written[2].key)] == \
-        [r.key for r in records[3:]]
+    for i in ids:
+        await hub.append("purge", [i])
+    await hub.append("purge", [], purge_all=True, region="us-east")
+    batch = await purgelog.read_after(origin, 0)
+    assert [r.seq for r in batch.records] == [1, 2, 3, 4, 5, 6] and not batch.missed
+    assert [r.ids for r in batch.records[:5]] == [(i,) for i in ids]
+    assert batch.records[5].all and batch.records[5].applies_to("us-east")
+    assert not batch.records[5].applies_to("eu-west")
+    assert [r.seq for r in (await purgelog.read_after(origin, 3)).records] == [4, 5, 6]
+    assert await hub.records_after(6, 0) == []
+    assert [r.seq for r in await hub.records_after(4, 0)] == [5, 6]
 
 
-async def test_compaction_drops_only_old_records(tmp_path: Path) -> None:
+async def test_two_writers_never_share_or_skip_a_number(origin: Origin) -> None:
+    # Two ingest replicas on one origin, appending at once: every record lands exactly once,
+    # numbered 1..N without a hole, whatever order their PUTs reach the origin in.
+    a, b = PurgeHub(origin, 60, 86400), PurgeHub(origin, 60, 86400)
+    await a.load()
+    await b.load()
+    ids = [content_id(i.to_bytes(2, "big")) for i in range(24)]
+    await asyncio.gather(*(hub.append("purge", [i]) for hub, i in
+                           zip([a, b] * 12, ids, strict=True)))
+    batch = await purgelog.read_after(origin, 0)
+    assert [r.seq for r in batch.records] == list(range(1, 25))
+    assert sorted(r.ids[0] for r in batch.records) == sorted(ids)
+
+
+async def test_compaction_keeps_the_newest_and_a_reader_behind_it_is_told(
+        tmp_path: Path) -> None:
     origin = FsOrigin(tmp_path / "o")
-    old_ns = time.time_ns() - 10 * 86400 * 10**9
-    for n in range(3):
-        await origin.put(K.purge_record(old_ns + n, "abcdef01"), b'{"ids": []}',
-                         "application/json", {})
-    fresh = await purgelog.append(origin, ids=[content_id(b"x")])
-    assert await purgelog.compact(origin, older_than_seconds=7 * 86400) == 3
-    assert await origin.list(K.PURGES_PREFIX) == [fresh.key]
+    old = time.time_ns() - 10 * 86400 * 10**9
+    for seq in (1, 2, 3):
+        rec = purgelog.Record(seq, "purge", (content_id(b"x"),), False, None, old)
+        assert await purgelog.try_write(origin, rec)
+    hub = PurgeHub(origin, 60, retention_seconds=7 * 86400)
+    await hub.load()
+    fresh = await hub.append("purge", [content_id(b"y")])
+    assert await hub.compact() == 3
+    assert await origin.list(purgelog.PREFIX) == [purgelog.key_of(fresh.seq)]
+    # A follower that had applied only record 1 missed 2 and 3: it must drop everything.
+    batch = await purgelog.read_after(origin, 1)
+    assert batch.missed and [r.seq for r in batch.records] == [4]
+    assert not (await purgelog.read_after(origin, 3)).missed
+    # The hub no longer holds them either: such a follower is sent to the origin.
+    try:
+        await hub.records_after(1, 0)
+    except Gone:
+        pass
+    else:
+        raise AssertionError("a cursor before the compacted records must be Gone")
+    # Numbers keep going up after compaction (the newest record carries the count).
+    assert (await hub.append("purge", [content_id(b"z")])).seq == 5
 
 
-async def test_an_edge_away_longer_than_the_retention_drops_its_whole_cache(
+async def test_an_edge_whose_records_were_compacted_away_drops_its_whole_cache(
     tmp_path: Path, aiohttp_client: object
 ) -> None:
     from edge.app import create_app
 
     cfg: Config = make_config(tmp_path)
-    cfg = replace(cfg, edge=replace(cfg.edge, purge_retention_seconds=3600))
     node = cfg.edges[0]
     data = b"cached long ago"
     key = f"{content_id(b'img')}/w320.webp"
     tier = DiskTier(node.cache_dir / "objects", node.cache_bytes)
     tier.put(Entry(key, data, content_id(data), "image/webp", time.time()))
     tier.close()
-    # Its cursor is two hours old: records it missed may have been compacted away.
-    node.cache_dir.mkdir(parents=True, exist_ok=True)
-    (node.cache_dir / "purge.cursor").write_text(
-        K.purge_record(time.time_ns() - 7200 * 10**9, "abcdef01"))
+    origin = FsOrigin(cfg.origin.path)
+    for seq in (5, 6):  # records 2..4 are gone
+        assert await purgelog.try_write(origin, purgelog.new_record(seq, "purge",
+                                                                    [content_id(b"o")]))
+    (node.cache_dir / "purge.cursor").write_text("1")
     client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
     async with client.get(f"/i/{key}") as r:
         assert r.status == 404  # not served from the old cache; the origin has nothing
+    assert (node.cache_dir / "purge.cursor").read_text() == "6"
+
+
+async def test_an_edge_with_no_cursor_or_an_old_one_starts_from_an_empty_cache(
+    tmp_path: Path, aiohttp_client: object
+) -> None:
+    from edge.app import create_app
+
+    cfg: Config = make_config(tmp_path)
+    node = cfg.edges[0]
+    key = f"{content_id(b'img2')}/w320.webp"
+    tier = DiskTier(node.cache_dir / "objects", node.cache_bytes)
+    tier.put(Entry(key, b"v", content_id(b"v"), "image/webp", time.time()))
+    tier.close()
+    # The previous version's cursor format: what it applied cannot be mapped to numbers.
+    (node.cache_dir / "purge.cursor").write_text(K.PURGES_PREFIX + "0" * 20 + "-abcdef01.json")
+    client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
+    async with client.get(f"/i/{key}") as r:
+        assert r.status == 404
 
 
 async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
@@ -68,6 +132,7 @@ async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
     from edge.app import create_app
 
     cfg: Config = make_config(tmp_path)
+    cfg = replace(cfg, edge=replace(cfg.edge, purge_poll_seconds=0.1))
     node = cfg.edges[0]
     origin = FsOrigin(cfg.origin.path)
     data = b"some variant bytes"
@@ -80,11 +145,14 @@ async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
         assert r.status == 200
     async with client.get(path) as r:
         assert r.headers["X-Cache"] == "HIT"
-    await origin.put(K.purge_record(time.time_ns(), "deadbeef"), b"\x00garbage",
-                     "application/json", {})
-    records = await purgelog.read_since(origin, "")
-    assert len(records) == 1 and records[0].all  # read as the safe "purge everything"
-    await client.close()
-    client = await aiohttp_client(create_app(cfg, node))  # type: ignore[operator]
-    async with client.get(path) as r:  # caught up (not a 503), and the cache was dropped
-        assert r.status == 200 and r.headers["X-Cache"] == "MISS"
+    assert await origin.create(purgelog.key_of(1), b"\x00garbage", "application/json")
+    batch = await purgelog.read_after(origin, 0)
+    assert len(batch.records) == 1 and batch.records[0].all  # the safe "purge everything"
+    for _ in range(50):  # no ingest here: the edge follows the origin's log
+        async with client.get(path) as r:
+            if r.headers["X-Cache"] == "MISS":
+                break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the damaged record was never applied")
+    assert json.loads((node.cache_dir / "purge.cursor").read_text()) == 1
