@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.backpressure import SendLimits
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
 from common.problem import from_error, with_problems
@@ -38,7 +39,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
     stats = EdgeStats()
     app[STATS] = stats
-    media = handlers.MediaHandler(stats, cfg.transcode, log_hits=cfg.edge.access_log == "all")
+    limits = SendLimits(cfg.edge.connection_buffer_bytes, cfg.edge.send_timeout)
+    media = handlers.MediaHandler(stats, cfg.transcode, limits,
+                                  log_hits=cfg.edge.access_log == "all")
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -9,15 +9,17 @@ no middleware.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 
 from aiohttp import web
 
+from common.backpressure import SendLimits
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
 from config.schema import TranscodeConfig
-from edge.entry import cors_headers
+from edge.entry import Entry, cors_headers
 from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
@@ -30,10 +32,11 @@ log = logging.getLogger("mediacdn.edge.access")
 
 
 class MediaHandler:
-    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig,
+    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig, limits: SendLimits,
                  log_hits: bool = False) -> None:
         self.stats = stats
         self.transcode = transcode
+        self.limits = limits
         self.log_hits = log_hits  # misses and errors are always logged
         # Set when the app starts (they live in its cleanup context).
         self.cache: EdgeCache | None = None
@@ -57,20 +60,26 @@ class MediaHandler:
                 if self.log_hits:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
                              extra={"status": 200, "cache": "HIT", "bytes": hot.size})
-                return HotResponse(hot, int(time.time()))
-        return await self.full(request, cache, sync)
+                return HotResponse(hot, int(time.time()), self.limits)
+        resp = await self.full(request, cache, sync)
+        transport = request.transport
+        if transport is None:
+            return resp
+        # Sent here rather than by aiohttp after we return, so that its waits for the
+        # client run under send_timeout too.
+        try:
+            async with self.limits.bounded(transport):
+                await resp.prepare(request)
+                await resp.write_eof()
+        except ConnectionError:
+            pass  # gone, or dropped: aiohttp's connection loop ends the connection
+        return resp
 
     async def full(self, request: web.Request, cache: EdgeCache,
                    sync: PurgeSync) -> web.StreamResponse:
         stats = self.stats
         try:
-            if not sync.caught_up:
-                raise ServiceUnavailable("catching up on purges before serving",
-                                         headers={"Retry-After": "1"})
-            target = resolve(request.match_info["id"], request.match_info["name"],
-                             request.headers.get("Accept", ""), self.transcode)
-            entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
-            resp = respond(request, entry, hit, target.negotiated, cache.cors)
+            return self._counted(request, *await self._answer(request, cache, sync))
         except MediaCDNError as exc:
             exc.headers.update(cache.cors)  # errors readable cross-origin too
             if exc.status >= 500:
@@ -79,6 +88,27 @@ class MediaHandler:
                             exc.detail)
             stats.responses[(exc.status, "NONE")] += 1
             return from_error(exc)
+
+    async def _answer(self, request: web.Request, cache: EdgeCache,
+                      sync: PurgeSync) -> tuple[web.Response, Entry, bool]:
+        try:
+            if not sync.caught_up:
+                raise ServiceUnavailable("catching up on purges before serving",
+                                         headers={"Retry-After": "1"})
+            target = resolve(request.match_info["id"], request.match_info["name"],
+                             request.headers.get("Accept", ""), self.transcode)
+            entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # Out of file descriptors: a passing condition, not a bug; say so and when.
+            raise ServiceUnavailable("the edge is out of file descriptors; retry shortly",
+                                     headers={"Retry-After": "1"}) from exc
+        return respond(request, entry, hit, target.negotiated, cache.cors), entry, hit
+
+    def _counted(self, request: web.Request, resp: web.Response, entry: Entry,
+                 hit: bool) -> web.Response:
+        stats = self.stats
         if hit:
             stats.hits += 1
             if self.log_hits:
