@@ -6,81 +6,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from common.hashing import content_id
-from origin import keys as K
-from origin.fs import FsOrigin
-from tests.topology import Service, env, write_config
+from tests.topology import Service
+from tests.wire import Polite, address, edge_config, read_response, rss_mib, seed, start_edge
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = 20_000  # a w640 WebP: small enough that aiohttp's own writer never waits for it
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 async def _edge(tmp_path: Path, edge_settings: str = "") -> tuple[Service, str, bytes]:
-    config, _ = write_config(tmp_path, f'kind = "fs"\npath = "{tmp_path / "origin"}"')
-    if edge_settings:
-        config.write_text(config.read_text().replace("[edge]\n", f"[edge]\n{edge_settings}\n"))
-    image_id = content_id(os.urandom(32))
-    body = os.urandom(SIZE)
-    await FsOrigin(tmp_path / "origin").put(K.variant(image_id, "w640", "webp"), body,
-                                            "image/webp", {"blake3": content_id(body)})
-    edge = await Service(["edge", "--node", "eu-west-a", "--config", str(config)],
-                         env()).start()
-    return edge, f"/i/{image_id}/w640.webp", body
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    status = (await reader.readline()).decode().strip()
-    headers: dict[str, str] = {}
-    while line := (await reader.readline()).decode().strip():
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, await reader.readexactly(int(headers["content-length"]))
-
-
-class Polite:
-    """One keep-alive connection that reads every answer."""
-
-    def __init__(self, url: str, path: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.addr, self.path = (host, int(port)), path
-
-    async def __aenter__(self) -> Polite:
-        self.reader, self.writer = await asyncio.open_connection(*self.addr)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.writer.close()
-
-    async def get(self) -> tuple[str, dict[str, str], bytes]:
-        self.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
-        async with asyncio.timeout(10):
-            return await _read_response(self.reader)
+    config = edge_config(tmp_path, edge_settings)
+    [(path, body)] = await seed(tmp_path, SIZE)
+    return await start_edge(config), path, body
 
 
 async def _hostile(url: str, path: str, count: int) -> socket.socket:
     """A socket that sends `count` pipelined GETs (as many as the edge accepts within a few
     seconds) and never reads."""
-    host, port = url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_connect(sock, address(url))
     data = f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode() * count
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(3):
@@ -98,21 +51,21 @@ async def test_clients_that_never_read_cannot_hoard_memory_or_slow_others(
     assert edge.proc is not None
     hostile: list[socket.socket] = []
     try:
-        async with Polite(edge.url, path) as polite:
+        async with Polite(edge.url) as polite:
             for _ in range(50):  # fill, then warm the hot path
-                status, headers, got = await polite.get()
+                status, headers, got = await polite.get(path)
             assert (status, headers["x-cache"], got) == ("HTTP/1.1 200 OK", "HIT", body)
-            rss_before = _rss_mib(edge.proc.pid)
+            rss_before = rss_mib(edge.proc.pid)
             hostile = list(await asyncio.gather(
                 *(_hostile(edge.url, path, 2000) for _ in range(20))))
             await asyncio.sleep(2)  # the edge answers as much as it wants to
             latencies = []
             for _ in range(200):
                 t0 = time.perf_counter()
-                status, _, got = await polite.get()
+                status, _, got = await polite.get(path)
                 latencies.append(time.perf_counter() - t0)
                 assert (status, got) == ("HTTP/1.1 200 OK", body)
-            rss_during = _rss_mib(edge.proc.pid)
+            rss_during = rss_mib(edge.proc.pid)
         grown = rss_during - rss_before
         print(f"\nRSS {rss_before:.0f} -> {rss_during:.0f} MiB; polite p99 "
               f"{_p99(latencies) * 1000:.1f} ms")
@@ -121,8 +74,8 @@ async def test_clients_that_never_read_cannot_hoard_memory_or_slow_others(
         for sock in hostile:
             sock.close()
         hostile = []
-        async with Polite(edge.url, path) as polite:
-            status, headers, got = await polite.get()
+        async with Polite(edge.url) as polite:
+            status, headers, got = await polite.get(path)
             assert (status, got) == ("HTTP/1.1 200 OK", body)
     finally:
         for sock in hostile:
@@ -152,8 +105,8 @@ async def _drain_until_closed(sock: socket.socket, seconds: float) -> tuple[bool
 async def test_a_connection_stuck_past_send_timeout_is_closed(tmp_path: Path) -> None:
     edge, path, body = await _edge(tmp_path, "send_timeout = 1.5")
     try:
-        async with Polite(edge.url, path) as polite:
-            assert (await polite.get())[2] == body
+        async with Polite(edge.url) as polite:
+            assert (await polite.get(path))[2] == body
         stuck = await _hostile(edge.url, path, 2000)
         try:
             await asyncio.sleep(4)  # send_timeout + slack
@@ -163,7 +116,34 @@ async def test_a_connection_stuck_past_send_timeout_is_closed(tmp_path: Path) ->
         # Closed by the edge, having sent far fewer than the 2,000 answers asked for.
         assert closed, f"still open after reading {received} bytes"
         assert received < 500 * SIZE, received
-        async with Polite(edge.url, path) as polite:
-            assert (await polite.get())[2] == body
+        async with Polite(edge.url) as polite:
+            assert (await polite.get(path))[2] == body
+    finally:
+        assert await edge.stop() == 0
+
+
+async def test_pipelined_requests_of_every_kind_are_answered_in_order(tmp_path: Path) -> None:
+    # Pins what the pre-rendered hit relies on in aiohttp's connection loop (prepare,
+    # write_eof, keep_alive): mixed with aiohttp-rendered answers on one connection, every
+    # answer arrives whole, in order, and the connection stays open.
+    edge, path, body = await _edge(tmp_path, "connection_buffer_bytes = 16384")
+    try:
+        async with Polite(edge.url) as client:
+            _, headers, _ = await client.get(path)  # fill
+            etag = headers["etag"]
+            kinds = [("GET", "", 200), ("HEAD", "", 200), ("GET", f"If-None-Match: {etag}", 304),
+                     ("GET", "Range: bytes=10-19", 206), ("GET", "", 200)] * 40
+            client.writer.write(b"".join(
+                f"{m} {path} HTTP/1.1\r\nHost: edge\r\n{h + chr(13) + chr(10) if h else ''}\r\n"
+                .encode() for m, h, _ in kinds))
+            async with asyncio.timeout(20):
+                for method, _, want in kinds:
+                    status, headers, got = await read_response(
+                        client.reader, head=method == "HEAD" or want == 304)
+                    assert status.split()[1] == str(want), (method, status)
+                    assert headers["etag"] == etag
+                    assert got == {200: body if method == "GET" else b"", 304: b"",
+                                   206: body[10:20]}[want]
+            assert (await client.get(path))[2] == body  # still open
     finally:
         assert await edge.stop() == 0

@@ -1,0 +1,98 @@
+"""The memory tier's files in a real edge process: an evicted entry's memfd outlives the
+responses still sending from it, and running out of fds never becomes a plain 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import socket
+from pathlib import Path
+
+import pytest
+
+from common.hashing import content_id
+from tests.wire import Polite, address, edge_config, read_response, seed, start_edge
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+async def test_out_of_fds_answers_200_uncached_or_503_problem_never_a_plain_500(
+        tmp_path: Path) -> None:
+    # A hot tier of one 20 KB object: B's fill evicts A, so A's next hit comes from disk
+    # and needs a new memfd to go back into memory.
+    config = edge_config(tmp_path, "memory_bytes = 30000")
+    (path_a, body_a), (path_b, body_b) = await seed(tmp_path, 20_000, 20_000)
+    edge = await start_edge(config)
+    assert edge.proc is not None
+    pid = edge.proc.pid
+    try:
+        async with Polite(edge.url) as client:
+            for path, body in ((path_a, body_a), (path_b, body_b)):
+                status, _, got = await client.get(path)
+                assert (status, got) == ("HTTP/1.1 200 OK", body)
+            limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            # Every new fd now fails with EMFILE; the fds the edge holds stay usable.
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), limits[1]))
+            try:
+                answers = [await client.get(path_a) for _ in range(5)]
+            finally:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+            for status, headers, got in answers:
+                if status == "HTTP/1.1 200 OK":
+                    assert got == body_a and headers["x-cache"] == "HIT"
+                else:
+                    assert status.startswith("HTTP/1.1 503"), (status, got[:200])
+                    assert headers["content-type"] == "application/problem+json"
+                    assert headers["retry-after"] == "1"
+                    assert json.loads(got)["status"] == 503
+            print("\nout of fds:", [a[0] for a in answers])
+            # fds back: A is served and goes back into memory.
+            for _ in range(2):
+                status, headers, got = await client.get(path_a)
+                assert (status, got) == ("HTTP/1.1 200 OK", body_a)
+    finally:
+        assert await edge.stop() == 0
+
+
+async def test_an_evicted_entry_is_sent_whole_to_a_slow_client(tmp_path: Path) -> None:
+    # Room for one 6 MB object (more than the kernel's 4 MB socket buffers take at once):
+    # each fill below evicts the previous one, and if its memfd were closed then, the next
+    # fill's memfd would reuse its fd number.
+    config = edge_config(tmp_path, "memory_bytes = 7000000\nmemory_object_bytes = 8000000\n"
+                         "connection_buffer_bytes = 16384")
+    objects = await seed(tmp_path, *([6_000_000] * 4))
+    (path, body), others = objects[0], objects[1:]
+    edge = await start_edge(config)
+    try:
+        async with Polite(edge.url) as client:
+            assert (await client.get(path))[2] == body  # now hot
+            slow = socket.socket()
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            slow.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(slow, address(edge.url))
+            reader, writer = await asyncio.open_connection(sock=slow)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the edge has sent what the socket takes, and waits
+            for other_path, other_body in others:  # evict it, refill the tier
+                assert (await client.get(other_path))[2] == other_body
+            received = bytearray()
+            async with asyncio.timeout(30):
+                status, headers, _ = await read_response(reader, head=True)
+                while len(received) < int(headers["content-length"]):
+                    received += await reader.read(8192)
+                    await asyncio.sleep(0.002)
+            writer.close()
+        assert status == "HTTP/1.1 200 OK" and headers["x-cache"] == "HIT"
+        assert len(received) == len(body)
+        assert content_id(bytes(received)) == content_id(body) == headers["etag"].strip('"')
+    finally:
+        assert await edge.stop() == 0
