@@ -147,3 +147,26 @@ async def test_pipelined_requests_of_every_kind_are_answered_in_order(tmp_path: 
             assert (await client.get(path))[2] == body  # still open
     finally:
         assert await edge.stop() == 0
+
+
+async def test_a_slow_but_steady_client_is_not_cut_off(tmp_path: Path) -> None:
+    # send_timeout bounds how long a client may take *nothing*, not a whole download: a
+    # 6 MB disk-tier object read at ~1 MB/s outlasts a 1 s send_timeout and arrives whole.
+    edge, _, _ = await _edge(tmp_path, "send_timeout = 1\nmemory_object_bytes = 1000")
+    [(path, body)] = await seed(tmp_path, 6_000_000)
+    try:
+        async with Polite(edge.url, rcvbuf=16384) as client:
+            assert (await client.get(path))[2] == body  # fill: the disk tier has it
+            client.writer.write(f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            received = bytearray()
+            async with asyncio.timeout(30):
+                _, headers, _ = await read_response(client.reader, head=True)
+                assert headers["x-cache"] == "HIT"
+                while len(received) < len(body):
+                    chunk = await client.reader.read(8192)
+                    assert chunk, f"cut off after {len(received)} bytes"
+                    received += chunk
+                    await asyncio.sleep(0.008)
+        assert bytes(received) == body
+    finally:
+        assert await edge.stop() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 from common.hashing import content_id
@@ -65,11 +66,17 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False
 class Polite:
     """One keep-alive connection that reads every answer."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, rcvbuf: int = 0) -> None:
         self.addr = address(url)
+        self.rcvbuf = rcvbuf  # a small one keeps the kernel from taking in a whole body
 
     async def __aenter__(self) -> Polite:
-        self.reader, self.writer = await asyncio.open_connection(*self.addr)
+        sock = socket.socket()
+        if self.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, self.addr)
+        self.reader, self.writer = await asyncio.open_connection(sock=sock)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
