@@ -39,7 +39,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
     stats = EdgeStats()
     app[STATS] = stats
-    limits = SendLimits(cfg.edge.connection_buffer_bytes, cfg.edge.send_timeout)
+    limits = SendLimits(cfg.edge.connection_buffer_bytes)
     media = handlers.MediaHandler(stats, cfg.transcode, limits,
                                   log_hits=cfg.edge.access_log == "all")
     registry = CollectorRegistry()

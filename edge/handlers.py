@@ -61,19 +61,9 @@ class MediaHandler:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
                              extra={"status": 200, "cache": "HIT", "bytes": hot.size})
                 return HotResponse(hot, int(time.time()), self.limits)
-        resp = await self.full(request, cache, sync)
-        transport = request.transport
-        if transport is None:
-            return resp
-        # Sent here rather than by aiohttp after we return, so that its waits for the
-        # client run under send_timeout too.
-        try:
-            async with self.limits.bounded(transport):
-                await resp.prepare(request)
-                await resp.write_eof()
-        except ConnectionError:
-            pass  # gone, or dropped: aiohttp's connection loop ends the connection
-        return resp
+        if request.transport is not None:  # aiohttp writes what we return: at our mark
+            self.limits.mark(request.transport)
+        return await self.full(request, cache, sync)
 
     async def full(self, request: web.Request, cache: EdgeCache,
                    sync: PurgeSync) -> web.StreamResponse:

@@ -14,8 +14,8 @@ thread pool there (measured). Two ways out, fastest first:
 Whatever the socket does not take right away goes through the transport in pieces of
 `buffer_bytes`, waiting for the client between them (common/backpressure.py), so a
 connection holds at most about twice that however large the object; the entry's fd is
-held (acquire/release) for as long as that takes. With an empty buffer, none of this
-awaits anything.
+held (acquire/release) for as long as that takes, released on every way out (client gone,
+dropped after send_timeout, cancelled). With an empty buffer, none of this awaits anything.
 """
 
 from __future__ import annotations
@@ -94,29 +94,27 @@ class HotResponse(web.StreamResponse):
             hot.release()
 
     async def _send_rest(self, request: web.BaseRequest, transport: asyncio.Transport,
-                    sent: int) -> None:
+                         sent: int) -> None:
         """The rest of the body after `sent` bytes, in pieces, waiting for the client
         whenever the connection holds more than its limit."""
         hot, limits = self._hot, self._limits
-        step = limits.buffer_bytes
         while sent < hot.size:
-            end = min(hot.size, sent + step)
+            end = min(hot.size, sent + limits.buffer_bytes)
             transport.write(hot.read(sent, end))
             sent = end
             await limits.settle(request)
-        if transport.get_write_buffer_size() > limits.buffer_bytes:
-            await limits.settle(request)
+        await limits.settle(request)  # when the socket took the body but not the head
 
     async def _through_aiohttp(self, request: web.BaseRequest, transport: asyncio.Transport,
                                hot: HotEntry) -> AbstractStreamWriter | None:
         self.headers.update(hot.hit_headers(self._now))
         self.content_length = hot.size
-        async with self._limits.bounded(transport):  # aiohttp's writer waits too
-            writer = await super().prepare(request)
-            if writer is None or request.method == hdrs.METH_HEAD:
-                await super().write_eof()
-                return writer
-            writer.send_headers()
-            await self._send_rest(request, transport, _sendfile(transport, hot))
+        self._limits.mark(transport)  # aiohttp's writer waits at our mark too
+        writer = await super().prepare(request)
+        if writer is None or request.method == hdrs.METH_HEAD:
             await super().write_eof()
+            return writer
+        writer.send_headers()
+        await self._send_rest(request, transport, _sendfile(transport, hot))
+        await super().write_eof()
         return writer
