@@ -30,7 +30,7 @@ from email.utils import formatdate
 from edge.entry import Entry
 
 log = logging.getLogger("mediacdn.edge.memory")
-_FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+_NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of fds, or of memory
 LOG_EVERY_SECONDS = 10.0
 
 
@@ -144,7 +144,7 @@ class MemoryTier:
         try:
             fd = os.memfd_create(f"mediacdn:{entry.key}", os.MFD_CLOEXEC)
         except OSError as exc:
-            if exc.errno not in _FD_ERRORS:
+            if exc.errno not in _NO_ROOM:
                 raise
             self._alloc_failed(entry.key, exc)
             return
