@@ -26,37 +26,41 @@ def _lowest_free_fd(pid: int) -> int:
 async def test_out_of_fds_answers_200_uncached_or_503_problem_never_a_plain_500(
         tmp_path: Path) -> None:
     # A hot tier of one 20 KB object: B's fill evicts A, so A's next hit comes from disk
-    # and needs a new memfd to go back into memory.
+    # and needs a new memfd to go back into memory (served uncached in memory if none).
+    # C (40 KB) never fits in memory and is a file of its own in the disk tier: reading it
+    # needs a new fd too.
     config = edge_config(tmp_path, "memory_bytes = 30000")
-    (path_a, body_a), (path_b, body_b) = await seed(tmp_path, 20_000, 20_000)
+    objects = await seed(tmp_path, 20_000, 20_000, 40_000)
     edge = await start_edge(config)
     assert edge.proc is not None
     pid = edge.proc.pid
     try:
         async with Polite(edge.url) as client:
-            for path, body in ((path_a, body_a), (path_b, body_b)):
+            for path, body in objects:
                 status, _, got = await client.get(path)
                 assert (status, got) == ("HTTP/1.1 200 OK", body)
+            (path_a, body_a), _, (path_c, body_c) = objects
             limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
             # Every new fd now fails with EMFILE; the fds the edge holds stay usable.
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), limits[1]))
             try:
-                answers = [await client.get(path_a) for _ in range(5)]
+                answers = [(await client.get(p), body) for p, body in
+                           [(path_a, body_a), (path_c, body_c)] * 3]
             finally:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
-            for status, headers, got in answers:
-                if status == "HTTP/1.1 200 OK":
-                    assert got == body_a and headers["x-cache"] == "HIT"
+            for (status, headers, got), body in answers:
+                if body is body_a and status == "HTTP/1.1 200 OK":  # C has no file to read
+                    assert got == body and headers["x-cache"] == "HIT"
                 else:
                     assert status.startswith("HTTP/1.1 503"), (status, got[:200])
                     assert headers["content-type"] == "application/problem+json"
                     assert headers["retry-after"] == "1"
                     assert json.loads(got)["status"] == 503
-            print("\nout of fds:", [a[0] for a in answers])
-            # fds back: A is served and goes back into memory.
-            for _ in range(2):
-                status, headers, got = await client.get(path_a)
-                assert (status, got) == ("HTTP/1.1 200 OK", body_a)
+            print("\nout of fds:", [a[0][0] for a in answers])
+            # fds back: both are served again.
+            for path, body in objects:
+                status, headers, got = await client.get(path)
+                assert (status, got) == ("HTTP/1.1 200 OK", body)
     finally:
         assert await edge.stop() == 0
 
