@@ -28,8 +28,9 @@ def announce(service: str, name: str, url: str) -> None:
 IDLE_TIMEOUT = 20.0
 
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+async def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    family = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0][0]
     sock = socket.create_server((host, port), family=family, backlog=1024,
                                 reuse_port=reuse_port)
     sock.setblocking(False)
@@ -46,7 +47,7 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     await runner.setup()
     try:
         # Our own listening socket, so that its options reach every accepted connection.
-        sock = sock or listen(host, port, reuse_port)
+        sock = sock or await listen(host, port, reuse_port)
         if send_timeout is not None:
             drop_stalled_clients(sock, send_timeout)
         site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout)
