@@ -19,7 +19,7 @@ from common.backpressure import SendLimits
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
 from config.schema import TranscodeConfig
-from edge.entry import Entry, cors_headers
+from edge.entry import cors_headers
 from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
@@ -29,6 +29,7 @@ from edge.sendfile import HotResponse
 from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 class MediaHandler:
@@ -69,7 +70,20 @@ class MediaHandler:
                    sync: PurgeSync) -> web.StreamResponse:
         stats = self.stats
         try:
-            return self._counted(request, *await self._answer(request, cache, sync))
+            if not sync.caught_up:
+                raise ServiceUnavailable("catching up on purges before serving",
+                                         headers={"Retry-After": "1"})
+            target = resolve(request.match_info["id"], request.match_info["name"],
+                             request.headers.get("Accept", ""), self.transcode)
+            try:
+                entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+            except OSError as exc:
+                if exc.errno not in OUT_OF_FDS:
+                    raise
+                # A passing condition, not a bug: say so, and when to come back.
+                raise ServiceUnavailable("the edge is out of file descriptors; retry shortly",
+                                         headers={"Retry-After": "1"}) from exc
+            resp = respond(request, entry, hit, target.negotiated, cache.cors)
         except MediaCDNError as exc:
             exc.headers.update(cache.cors)  # errors readable cross-origin too
             if exc.status >= 500:
@@ -78,27 +92,6 @@ class MediaHandler:
                             exc.detail)
             stats.responses[(exc.status, "NONE")] += 1
             return from_error(exc)
-
-    async def _answer(self, request: web.Request, cache: EdgeCache,
-                      sync: PurgeSync) -> tuple[web.Response, Entry, bool]:
-        try:
-            if not sync.caught_up:
-                raise ServiceUnavailable("catching up on purges before serving",
-                                         headers={"Retry-After": "1"})
-            target = resolve(request.match_info["id"], request.match_info["name"],
-                             request.headers.get("Accept", ""), self.transcode)
-            entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                raise
-            # Out of file descriptors: a passing condition, not a bug; say so and when.
-            raise ServiceUnavailable("the edge is out of file descriptors; retry shortly",
-                                     headers={"Retry-After": "1"}) from exc
-        return respond(request, entry, hit, target.negotiated, cache.cors), entry, hit
-
-    def _counted(self, request: web.Request, resp: web.Response, entry: Entry,
-                 hit: bool) -> web.Response:
-        stats = self.stats
         if hit:
             stats.hits += 1
             if self.log_hits:
