@@ -15,7 +15,11 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 READY_CHECK = web.AppKey("ready_check", object)
 
 
-def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck,
+                   serving: Callable[[web.Application], bool] | None = None) -> None:
+    """`serving`: whether the service answers its main requests even while not ready (an
+    edge with its origin away still serves its cache); /readyz says so as `"media"`, so
+    a router can tell "degraded" from "refuses everything"."""
     app[REGISTRY] = registry
     app[READY_CHECK] = ready
 
@@ -24,9 +28,11 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
 
     async def readyz(request: web.Request) -> web.Response:
         reason = await ready(request.app)
+        extra = {} if serving is None else {"media": serving(request.app)}
         if reason is None:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+            return web.json_response({"status": "ready", **extra})
+        return web.json_response({"status": "not ready", "reason": reason, **extra},
+                                 status=503)
 
     async def metrics(request: web.Request) -> web.Response:
         # Collectors may read files (the edge adds up its workers' snapshots): a thread.

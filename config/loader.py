@@ -153,6 +153,8 @@ def _ingest(t: Table) -> IngestConfig:
         max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
         spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
+        purge_ack_seconds=t.number("purge_ack_seconds", 5.0, lo=0.0),
+        log_poll_seconds=t.number("log_poll_seconds", 1.0, lo=0.05),
     )
     t.done()
     return cfg
@@ -214,7 +216,8 @@ def _edge_settings(t: Table) -> EdgeSettings:
         memory_object_bytes=t.integer("memory_object_bytes", 1 << 20, lo=0),
         negative_ttl=t.number("negative_ttl", 10.0),
         origin_timeout=t.number("origin_timeout", 5.0, lo=0.05),
-        purge_poll_seconds=t.number("purge_poll_seconds", 2.0, lo=0.05),
+        purge_poll_seconds=t.number("purge_poll_seconds", 10.0, lo=0.05),
+        purge_follow_seconds=t.number("purge_follow_seconds", 20.0, lo=0.1),
         purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
         workers=t.integer("workers", 1, lo=1, hi=64),
         access_log=t.text("access_log", "misses", choices=("all", "misses")),

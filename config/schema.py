@@ -80,6 +80,8 @@ class IngestConfig:
     max_frames: int
     spool_bytes: int
     idle_timeout: float
+    purge_ack_seconds: float  # how long a purge or delete waits for connected edges
+    log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class EdgeSettings:
     memory_object_bytes: int
     negative_ttl: float
     origin_timeout: float
-    purge_poll_seconds: float
+    purge_poll_seconds: float  # polling the origin's log: only while ingest is unreachable
+    purge_follow_seconds: float  # one long-poll to ingest's log stream waits this long
     purge_retention_seconds: float
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)

@@ -10,7 +10,7 @@ from aiohttp import web
 from common.auth import require_bearer
 from common.errors import BadRequest, ServiceUnavailable
 from common.hashing import is_content_id
-from edge.keys import CACHE, CONFIG, NODE, SYNC
+from edge.keys import CACHE, CONFIG, NODE
 
 MAX_IDS = 10_000
 
@@ -79,5 +79,5 @@ async def stats(request: web.Request) -> web.Response:
         "disk_corrupt": t["disk_corrupt"],
         "disk_write_errors": t["disk_write_errors"],
         "negative_hits": t["negative_hits"],
-        "purge_records_applied": request.app[SYNC].applied,
+        "purge_cursor": cache.journal.cursor,
     })

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,10 +19,12 @@ from common.ops import add_ops_routes
 from common.problem import from_error, with_problems
 from config.schema import Config, EdgeNode
 from edge import admin, handlers
-from edge.keys import CACHE, CONFIG, NODE, STATS, SYNC, TRANSCODE
+from edge.disk import NoDiskTier
+from edge.follower import Follower, FollowerSettings
+from edge.journal import ORIGIN_DOWN
+from edge.keys import CACHE, CONFIG, FOLLOWER, NODE, STATS, TRANSCODE
 from edge.node import EdgeCache
 from edge.openapi import OPENAPI
-from edge.purgesync import PurgeSync
 from edge.stats import EdgeStats, register
 from origin import open_origin
 
@@ -32,15 +36,17 @@ async def _not_found(request: web.Request) -> web.Response:
     return from_error(NotFound(f"no route {request.path[:200]}"))
 
 
-def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
+def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
+               run: int | None = None) -> web.Application:
     # No app-wide middleware: each non-media route is wrapped by with_problems, and the
     # media handler renders its own errors, so a hit pays for no middleware at all.
     app = web.Application(client_max_size=1 << 20)
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
+    run = run if run is not None else secrets.randbits(62) + 1
     stats = EdgeStats()
     app[STATS] = stats
     limits = SendLimits(cfg.edge.connection_buffer_bytes)
-    media = handlers.MediaHandler(stats, cfg.transcode, limits,
+    media = handlers.MediaHandler(stats, cfg.transcode, run, limits,
                                   log_hits=cfg.edge.access_log == "all")
     registry = CollectorRegistry()
 
@@ -54,16 +60,20 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
                 registry, cache.totals, cache.responses,
                 lambda: (cache.disk.count(), cache.disk.volume()))
             app[CACHE] = cache
-            sync = PurgeSync(cache, node.cache_dir / "purge.cursor", node.region,
-                             cfg.edge.purge_retention_seconds)
-            app[SYNC] = sync
-            media.cache, media.sync = cache, sync
-            await sync.start()
-            with contextlib.suppress(MediaCDNError, OSError):
-                async with asyncio.timeout(cfg.edge.origin_timeout):
-                    await sync.sync_once()  # catch up before the first request if we can
-            tasks = [asyncio.create_task(sync.poll_forever(cfg.edge.purge_poll_seconds)),
-                     asyncio.create_task(_housekeeping_forever(cache))]
+            media.cache = cache
+            tasks = [asyncio.create_task(_housekeeping_forever(cache))]
+            if worker == 0:  # one follower per node; the other workers read its journal
+                follower = Follower(cache, FollowerSettings(
+                    node.name, node.region, cfg.ingest.url, cfg.secrets.admin_token,
+                    cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
+                    cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
+                app[FOLLOWER] = follower
+                with contextlib.suppress(MediaCDNError, OSError, aiohttp.ClientError,
+                                         TimeoutError):
+                    async with asyncio.timeout(cfg.edge.origin_timeout):
+                        await follower.catch_up()  # before the first request if we can
+                tasks += [asyncio.create_task(follower.run_forever()),
+                          asyncio.create_task(follower.probe_origin_forever())]
             try:
                 yield
             finally:
@@ -75,20 +85,22 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0) -> web.Application:
     app.cleanup_ctx.append(resources)
 
     async def ready(app: web.Application) -> str | None:
-        if not app[SYNC].caught_up:
+        # Cheap: what the node's follower last saw; never an origin request per probe.
+        cache = app[CACHE]
+        if cache.journal.ready_run != run:
             return "catching up on the purge log"
-        try:
-            async with asyncio.timeout(cfg.edge.origin_timeout):
-                await app[CACHE].origin.ping()
-        except Exception as exc:  # any failure means "not ready", with the reason
-            return f"origin: {type(exc).__name__}: {exc}"
+        if isinstance(cache.disk, NoDiskTier):
+            return f"disk cache unusable: {cache.disk.reason}"
+        state, at = cache.journal.origin_state()
+        if state == ORIGIN_DOWN:
+            return f"origin unreachable (last probe {int(time.time()) - at} s ago)"
         return None
 
     # The media route first: aiohttp tries resources in the order they were added.
     app.router.add_get("/i/{id}/{name}", media.handle)
     app.router.add_route("*", "/i/{id}/{name}",
                          handlers.Preflight(cfg.edge.cors_allow_origin).handle)
-    add_ops_routes(app, registry, ready)
+    add_ops_routes(app, registry, ready, serving=lambda app: app[CACHE].journal.ready_run == run)
     app.router.add_post("/_admin/purge", with_problems(admin.purge))
     app.router.add_get("/_admin/stats", with_problems(admin.stats))
     app.router.add_get("/openapi.json", with_problems(_openapi))

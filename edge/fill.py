@@ -111,10 +111,18 @@ class SingleFlight:
         self.collapsed = 0
 
     def _done(self, key: str, task: asyncio.Task[Entry]) -> None:
-        self._inflight.pop(key, None)
-        self._waiters.pop(key, None)
+        if self._inflight.get(key) is task:  # not a newer fill started after a purge
+            del self._inflight[key]
+            self._waiters.pop(key, None)
         if not task.cancelled():
             task.exception()  # mark retrieved even if every waiter went away
+
+    def forget_prefix(self, prefix: str) -> None:
+        """A purge: fills already running finish for their waiters, but requests from now
+        on start a fresh one (they must not get bytes fetched before the purge)."""
+        for key in [k for k in self._inflight if k.startswith(prefix)]:
+            del self._inflight[key]
+            self._waiters.pop(key, None)
 
     async def run(self, key: str, fetch: Fetcher) -> tuple[Entry, bool]:
         """(entry, True if this call started the fetch)."""

@@ -23,7 +23,6 @@ from edge.entry import cors_headers
 from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
-from edge.purgesync import PurgeSync
 from edge.respond import respond
 from edge.sendfile import HotResponse
 from edge.stats import EdgeStats
@@ -33,24 +32,25 @@ OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 class MediaHandler:
-    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig, limits: SendLimits,
-                 log_hits: bool = False) -> None:
+    def __init__(self, stats: EdgeStats, transcode: TranscodeConfig, run: int,
+                 limits: SendLimits, log_hits: bool = False) -> None:
         self.stats = stats
         self.transcode = transcode
+        self.run = run  # media is served once the node's follower caught up in this run
+        self.caught_up = False
         self.limits = limits
         self.log_hits = log_hits  # misses and errors are always logged
-        # Set when the app starts (they live in its cleanup context).
+        # Set when the app starts (it lives in its cleanup context).
         self.cache: EdgeCache | None = None
-        self.sync: PurgeSync | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        cache, sync = self.cache, self.sync
-        assert cache is not None and sync is not None
-        cache.follow_purges()
+        cache = self.cache
+        assert cache is not None
+        cache.invalidation.catch_up()  # purges by other workers or the follower, first
         info = request.match_info
         key = f"{info['id']}/{info['name']}"
         hot = cache.memory.get(key)
-        if hot is not None and sync.caught_up:
+        if hot is not None and self.caught_up:
             headers = request.headers
             if "If-None-Match" not in headers and "Range" not in headers:
                 cache.disk.touch(key)
@@ -64,13 +64,14 @@ class MediaHandler:
                 return HotResponse(hot, int(time.time()), self.limits)
         if request.transport is not None:  # aiohttp writes what we return: at our mark
             self.limits.mark(request.transport)
-        return await self.full(request, cache, sync)
+        return await self.full(request, cache)
 
-    async def full(self, request: web.Request, cache: EdgeCache,
-                   sync: PurgeSync) -> web.StreamResponse:
+    async def full(self, request: web.Request, cache: EdgeCache) -> web.StreamResponse:
         stats = self.stats
         try:
-            if not sync.caught_up:
+            if not self.caught_up:
+                self.caught_up = cache.journal.ready_run == self.run
+            if not self.caught_up:
                 raise ServiceUnavailable("catching up on purges before serving",
                                          headers={"Retry-After": "1"})
             target = resolve(request.match_info["id"], request.match_info["name"],

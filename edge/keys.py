@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.schema import Config, EdgeNode, TranscodeConfig
+from edge.follower import Follower
 from edge.node import EdgeCache
-from edge.purgesync import PurgeSync
 from edge.stats import EdgeStats
 
 CONFIG = web.AppKey("config", Config)
@@ -14,4 +14,4 @@ NODE = web.AppKey("node", EdgeNode)
 TRANSCODE = web.AppKey("transcode", TranscodeConfig)
 STATS = web.AppKey("stats", EdgeStats)
 CACHE = web.AppKey("cache", EdgeCache)
-SYNC = web.AppKey("sync", PurgeSync)
+FOLLOWER = web.AppKey("follower", Follower)  # worker 0 only

@@ -23,10 +23,12 @@ from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
 from edge.fill import NegativeCache, SingleFlight, fetch_verified
+from edge.invalidation import Invalidation
+from edge.journal import Journal
 from edge.memory import MemoryTier
 from edge.peer import fetch_from_peer
 from edge.rendezvous import owner
-from edge.shared import COUNTERS, PurgeGeneration, StatsBoard
+from edge.shared import COUNTERS, StatsBoard
 from edge.stats import EdgeStats
 from origin import Origin
 
@@ -50,7 +52,7 @@ class EdgeCache:
         region = cfg.region(node.region)
         assert region is not None  # the loader checked it
         self.region_edges = region.edges
-        self.generation = PurgeGeneration(node.cache_dir / "purge.gen")
+        self.journal = Journal(node.cache_dir / "invalidations")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.cors = cors_headers(cfg.edge.cors_allow_origin)
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
@@ -61,6 +63,8 @@ class EdgeCache:
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
         self.session: aiohttp.ClientSession | None = None  # for peer fetches
+        self.invalidation = Invalidation(self.journal, self.memory, self.negative, self.flight,
+                                         self.disk, self.blocking)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
@@ -70,6 +74,7 @@ class EdgeCache:
 
         `from_peer`: the request came from another edge, so fill from the origin only.
         """
+        token = self.invalidation.token()
         hot = self.memory.get(key)
         if hot is not None:
             self.disk.touch(key)
@@ -81,7 +86,8 @@ class EdgeCache:
             log.error("cached entry %s failed its blake3 check; dropped and refetched", key)
             entry = None
         if entry is not None:
-            self.memory.put(entry)
+            if self.invalidation.still_valid(key, token):  # else a purge raced the read
+                self.memory.put(entry)
             return entry, True
         if self.negative.hit(key):
             self.stats.negative_hits += 1
@@ -94,13 +100,14 @@ class EdgeCache:
         return owner(self.region_edges, key.split("/", 1)[0])
 
     async def _fill(self, key: str) -> Entry:
+        token = self.invalidation.token()
         owner_edge = self.owner_of(key)
         if owner_edge.name != self.node.name and self.session is not None:
             try:
                 entry = await fetch_from_peer(self.session, self.origin, self.node, owner_edge,
                                               key, self.cfg.edge.origin_timeout)
             except NotFound:
-                self.negative.add(key)
+                self._remember_missing(key, token)
                 raise NotFound("no such image or variant") from None
             except IntegrityError as exc:
                 self.stats.verify_failures += 1
@@ -110,17 +117,18 @@ class EdgeCache:
                             owner_edge.name, key, type(exc).__name__)
             else:
                 self.stats.peer_fetches += 1
-                await self.store(entry)
+                await self.store(entry, token)
                 return entry
-        return await self._fill_from_origin(key)
+        return await self._fill_from_origin(key, token)
 
-    async def _fill_from_origin(self, key: str) -> Entry:
+    async def _fill_from_origin(self, key: str, token: int | None = None) -> Entry:
+        token = self.invalidation.token() if token is None else token
         t0 = time.perf_counter()
         self.stats.origin_fetches += 1
         try:
             entry = await fetch_verified(self.origin, key, self.cfg.edge.origin_timeout)
         except NotFound:
-            self.negative.add(key)
+            self._remember_missing(key, token)
             raise NotFound("no such image or variant") from None
         except IntegrityError:
             self.stats.verify_failures += 1
@@ -130,45 +138,40 @@ class EdgeCache:
         finally:
             if self.fetch_seconds is not None:
                 self.fetch_seconds.observe(time.perf_counter() - t0)
-        await self.store(entry)
+        await self.store(entry, token)
         return entry
 
-    async def store(self, entry: Entry) -> None:
-        self.memory.put(entry)
+    def _remember_missing(self, key: str, token: int) -> None:
+        if self.invalidation.still_missing(key, token):  # else: uploaded meanwhile
+            self.negative.add(key)
+
+    async def store(self, entry: Entry, token: int) -> None:
+        """Cache a fetched entry unless a purge of its id came after the fill started."""
+        valid = self.invalidation.still_valid
+        if not valid(entry.key, token):
+            return
         try:
             self.disk_evictions += await self.blocking(self.disk.put, entry)
         except Exception as exc:  # disk full or unwritable: serve it anyway, uncached on disk
             self.stats.disk_write_errors += 1
             log.error("could not cache %s on disk: %s", entry.key, exc,
                       extra={"error": type(exc).__name__})
+        if not valid(entry.key, token):
+            # A purge landed while the row was written: its delete may have run before our
+            # write, so undo it ourselves.
+            await self.blocking(self.disk.delete, entry.key)
+            return
+        self.memory.put(entry)
 
     async def purge_ids(self, ids: list[str]) -> int:
-        prefixes = [f"{image_id}/" for image_id in ids]
-        in_memory = 0
-        for prefix in prefixes:
-            in_memory += self.memory.discard_prefix(prefix)
-            self.negative.discard_prefix(prefix)
-        on_disk = await self.blocking(self.disk.delete_prefixes, prefixes)
-        removed = max(in_memory, on_disk)  # the hot tier holds a subset of the disk tier
+        removed = await self.invalidation.purge_ids(ids)
         self.stats.purged += removed
-        self.generation.bump()  # the node's other workers drop their hot tiers
         return removed
 
-    def follow_purges(self) -> None:
-        """Called on every request: another worker purged, so our hot tier may be stale."""
-        if self.generation.changed():
-            self.generation.acknowledge()
-            self.memory.clear()
-            self.negative.clear()
-
     async def purge_all(self) -> int:
-        count = max(len(self.memory), await self.blocking(self.disk.count))
-        self.memory.clear()
-        self.negative.clear()
-        await self.blocking(self.disk.clear)
-        self.stats.purged += count
-        self.generation.bump()
-        return count
+        removed = await self.invalidation.purge_all()
+        self.stats.purged += removed
+        return removed
 
     async def housekeeping(self) -> None:
         """Once a second: write batched recency, close retired memfds, publish counters."""
@@ -210,6 +213,6 @@ class EdgeCache:
 
     async def close(self) -> None:
         self.memory.close()
-        self.generation.close()
+        self.journal.close()
         await self.blocking(self.disk.close)
         self.io.shutdown(wait=True)

@@ -1,8 +1,6 @@
-"""What the worker processes of one edge node share besides the disk tier.
+"""What the worker processes of one edge node share besides the disk tier and the purge
+journal (`edge.journal`):
 
-- A purge generation: an 8-byte counter in an mmap'd file. A worker that applies a purge
-  bumps it; every worker compares it with the value it last saw on each request (a memory
-  read) and, when it moved, drops its hot tier, which refills from the shared disk tier.
 - Stats snapshots: each worker writes its counters to a file once a second; the stats and
   metrics endpoints add up every worker's latest snapshot.
 """
@@ -10,47 +8,11 @@
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Any
 
 from edge.stats import EdgeStats
-
-
-class PurgeGeneration:
-    def __init__(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            # An unusable cache directory: no disk tier to share, so a private counter.
-            self._map = mmap.mmap(-1, 8)
-        else:
-            try:
-                if os.fstat(fd).st_size < 8:
-                    os.ftruncate(fd, 8)
-                self._map = mmap.mmap(fd, 8)
-            finally:
-                os.close(fd)
-        self._view = memoryview(self._map).cast("Q")
-        self.seen = self._view[0]
-
-    def changed(self) -> bool:
-        return bool(self._view[0] != self.seen)
-
-    def acknowledge(self) -> None:
-        self.seen = self._view[0]
-
-    def bump(self) -> None:
-        # Two workers bumping at once may both write n+1: still a change for everyone else.
-        self._view[0] = self._view[0] + 1
-        self.seen = self._view[0]
-
-    def close(self) -> None:
-        self._view.release()
-        self._map.close()
-
 
 COUNTERS = ("hits", "fast_hits", "misses", "bytes_served", "origin_fetches", "peer_fetches",
             "errors", "verify_failures", "disk_corrupt", "disk_write_errors", "negative_hits",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,30 +11,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.access import access_log_middleware
+from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
 from config.schema import Config
-from ingest import handlers
-from ingest.keys import CONFIG, METRICS, ORIGIN, POOL, IngestMetrics
-from origin import Origin, open_origin, purgelog
+from ingest import handlers, purges
+from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
+from ingest.purgehub import PurgeHub
+from origin import open_origin
 from transcode.pool import WorkerPool
 
 log = logging.getLogger("mediacdn.ingest")
-
-
-async def _compact_forever(origin: Origin, retention: float) -> None:
-    """Drop purge records older than the retention (edges down longer than that purge
-    everything when they return), a few times per retention period."""
-    while True:
-        try:
-            removed = await purgelog.compact(origin, retention)
-            if removed:
-                log.info("compacted %d purge record(s)", removed)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the origin away: try again next round
-            log.warning("purge log compaction failed: %s", exc)
-        await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
 
 
 def _metrics(registry: CollectorRegistry) -> IngestMetrics:
@@ -72,13 +60,21 @@ def create_app(cfg: Config) -> web.Application:
         yield
         pool.close()
 
-    async def compaction_ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_compact_forever(app[ORIGIN], cfg.edge.purge_retention_seconds))
+    async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+        hub = PurgeHub(app[ORIGIN], cfg.ingest.log_poll_seconds,
+                       cfg.edge.purge_retention_seconds)
+        app[HUB] = hub
+        with contextlib.suppress(MediaCDNError, OSError, TimeoutError):
+            async with asyncio.timeout(cfg.edge.origin_timeout):
+                await hub.load()  # else the poll loop loads it when the origin answers
+        tasks = [asyncio.create_task(hub.poll_forever()),
+                 asyncio.create_task(hub.compact_forever())]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    app.cleanup_ctx.extend([origin_ctx, pool_ctx, compaction_ctx])
+    app.cleanup_ctx.extend([origin_ctx, pool_ctx, hub_ctx])
 
     async def ready(app: web.Application) -> str | None:
         try:
@@ -89,4 +85,5 @@ def create_app(cfg: Config) -> web.Application:
 
     add_ops_routes(app, registry, ready)
     handlers.add_routes(app)
+    purges.add_routes(app)
     return app

@@ -11,18 +11,16 @@ from common.auth import require_bearer
 from common.errors import (
     BadRequest,
     NotFound,
-    OriginTimeout,
-    OriginUnavailable,
     ServiceUnavailable,
 )
 from common.hashing import is_content_id
 from config.schema import Config
 from ingest import manifest as M
 from ingest.body import read_upload
-from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
+from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
-from ingest.store import DamagedManifest, delete_image, load_manifest, store, unavailable
-from origin import purgelog
+from ingest.purges import announce
+from ingest.store import DamagedManifest, load_manifest, store
 from transcode.formats import sniff
 from transcode.job import transcode
 
@@ -34,7 +32,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/images", upload)
     app.router.add_get("/v1/images/{id}", get_manifest, allow_head=False)
     app.router.add_route("HEAD", "/v1/images/{id}", head_image)
-    app.router.add_delete("/v1/images/{id}", delete)
     app.router.add_get("/openapi.json", openapi)
 
 
@@ -89,6 +86,7 @@ async def upload(request: web.Request) -> web.Response:
                 transcode, body.source(), cfg.ingest, cfg.transcode)
             metrics.transcode_seconds.observe(seconds)
             manifest = await store(origin, body, header, ladder)
+            await announce(request.app[HUB], body.id)  # edges drop 404s cached for it
             fut.set_result(manifest)
         except BaseException as exc:
             fut.set_exception(exc)
@@ -123,26 +121,6 @@ async def head_image(request: web.Request) -> web.Response:
     if not known:
         return web.Response(status=404)
     return web.Response(status=200)
-
-
-async def delete(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    require_bearer(request, _admin_token(cfg), "admin token")
-    image_id = _image_id(request)
-    origin = request.app[ORIGIN]
-    try:
-        exists = await load_manifest(origin, image_id) is not None
-    except DamagedManifest:
-        exists = True  # damaged or not, it is there to delete
-    if not exists:
-        raise NotFound(f"no image {image_id}")
-    # Record first: even if the delete stops half-way, every edge will drop the id.
-    try:
-        await purgelog.append(origin, ids=[image_id], reason="delete")
-    except (OriginUnavailable, OriginTimeout) as exc:
-        raise unavailable(exc) from exc
-    await delete_image(origin, image_id)
-    return web.Response(status=204)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from config.schema import Config
+from ingest.purgehub import PurgeHub
 from origin import Origin
 from transcode.pool import WorkerPool
 
@@ -23,3 +24,4 @@ CONFIG = web.AppKey("config", Config)
 ORIGIN = web.AppKey("origin", Origin)
 POOL = web.AppKey("pool", WorkerPool)
 METRICS = web.AppKey("metrics", IngestMetrics)
+HUB = web.AppKey("hub", PurgeHub)

@@ -69,12 +69,18 @@ async def store(origin: Origin, upload: Upload, header: Header, ladder: Ladder) 
     return manifest
 
 
-async def delete_image(origin: Origin, image_id: str) -> None:
-    """Manifest first, so a half-done delete never leaves a manifest pointing at nothing."""
+async def delete_objects(origin: Origin, image_id: str) -> None:
+    """Variants and original; the manifest stays until the delete is recorded."""
     try:
-        await origin.delete(K.manifest(image_id))
         for key in await origin.list(K.variants_prefix(image_id), limit=10_000):
             await origin.delete(key)
         await origin.delete(K.original(image_id))
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
+
+
+async def delete_manifest(origin: Origin, image_id: str) -> None:
+    try:
+        await origin.delete(K.manifest(image_id))
     except (OriginUnavailable, OriginTimeout) as exc:
         raise unavailable(exc) from exc

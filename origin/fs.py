@@ -96,6 +96,30 @@ class FsOrigin:
         finally:
             tmp.unlink(missing_ok=True)
 
+    async def create(self, key: str, body: bytes, content_type: str) -> bool:
+        path = self._path(key)
+        return await asyncio.to_thread(self._create_sync, path, body, content_type)
+
+    def _create_sync(self, path: Path, body: bytes, content_type: str) -> bool:
+        header = {"content_type": content_type, "size": len(body), "metadata": {}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._inside(path)
+        tmp = self._tmp / f"{secrets.token_hex(8)}.part"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n")
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)  # atomic, complete, and refused if the name exists
+            except FileExistsError:
+                return False
+            _fsync_dir(path.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await asyncio.to_thread(lambda: self._inside(path).unlink(missing_ok=True))

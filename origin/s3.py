@@ -159,6 +159,22 @@ class S3Origin:
         else:
             await self._put_multipart(key, body, first, args)
 
+    async def create(self, key: str, body: bytes, content_type: str) -> bool:
+        self._check(key)
+        try:
+            await self._s3.put_object(Bucket=self._bucket, Key=key, Body=body,
+                                      ContentType=content_type, IfNoneMatch="*")
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            # 412: someone created it first; 409: a concurrent conditional write is in
+            # progress (AWS). Either way the name is not ours: the caller re-reads.
+            if status in (409, 412):
+                return False
+            raise translate(exc, key) from exc
+        except (TimeoutError, BotoCoreError, OSError) as exc:
+            raise translate(exc, key) from exc
+        return True
+
     async def _put_multipart(
         self, key: str, body: BinaryIO, first: bytes, args: dict[str, Any]
     ) -> None:

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("edge", parents=[common], help="run one edge node")
     e.add_argument("--node", required=True, help="the edge's name in the config")
     e.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the node itself
+    e.add_argument("--run", type=int, help=argparse.SUPPRESS)  # this run of the node
     sub.add_parser("router", parents=[common], help="run the geo router")
 
     u = sub.add_parser("upload", parents=[common, jsonp], help="upload image files")

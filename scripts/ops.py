@@ -17,10 +17,10 @@ import aiohttp
 from common.hashing import Hasher
 from config import Config, EdgeNode, load_config
 from edge.rendezvous import owner
-from origin import open_origin, purgelog
 from scripts.cli import EXIT_FAILED, EXIT_OK, UsageError, environ
 
-TIMEOUT = aiohttp.ClientTimeout(total=10, connect=2)
+TIMEOUT_SECONDS, CONNECT_SECONDS = 10.0, 2.0
+TIMEOUT = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS, connect=CONNECT_SECONDS)
 Result = dict[str, Any]
 
 
@@ -78,88 +78,97 @@ def _report(args: argparse.Namespace, results: list[Result], line: Callable[[Res
 # -- purge ----------------------------------------------------------------------------------
 
 
-async def send_purge(session: aiohttp.ClientSession, edge: EdgeNode, token: str,
-                     body: Result) -> Result:
-    result: Result = {"target": edge.name, "edge": edge.name, "region": edge.region,
-                      "ok": False}
-    try:
-        async with session.post(f"{edge.url}/_admin/purge", json=body,
-                                headers={"Authorization": f"Bearer {token}"}) as r:
-            if r.status == 200:
-                result.update(ok=True, purged=(await r.json())["purged"])
-            else:
-                result["error"] = await _problem(r)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        result["error"] = _fail(exc)
-    return result
+def _edge_results(edges: list[EdgeNode], applied: dict[str, str], seq: int) -> list[Result]:
+    """One line per configured edge, from ingest's word on which ones applied record seq."""
+    out: list[Result] = []
+    for e in edges:
+        state = applied.get(e.name)
+        result: Result = {"target": e.name, "edge": e.name, "region": e.region, "seq": seq,
+                          "ok": state == "applied"}
+        if state == "pending":
+            result["error"] = ("connected but had not applied it in time; it applies it "
+                               "before it serves again")
+        elif state is None:
+            result["error"] = ("unreachable: not following ingest's purge stream; it applies "
+                               "it before it serves again")
+        out.append(result)
+    return out
+
+
+async def _ingest_call(session: aiohttp.ClientSession, method: str, url: str, token: str,
+                       body: Result | None = None) -> tuple[int, Any]:
+    async with session.request(method, url, json=body,
+                               headers={"Authorization": f"Bearer {token}"}) as r:
+        if r.status >= 400:
+            raise IngestRefused(await _problem(r))
+        return r.status, (await r.json() if r.status == 200 else dict(r.headers))
+
+
+class IngestRefused(Exception):
+    pass
 
 
 async def purge_everywhere(cfg: Config, edges: list[EdgeNode], ids: list[str],
-                           purge_all: bool, region: str | None,
-                           record: bool = True) -> tuple[list[Result], str | None]:
-    """Every chosen edge at once; the durable record at the origin as well, so an edge
-    that is down now applies it before it serves again."""
+                           purge_all: bool, region: str | None) -> list[Result]:
+    """Ingest records the purge durably and answers once every connected edge applied it."""
     token = _token(cfg, admin=True)
     body: Result = {"all": True} if purge_all else {"ids": ids}
-    record_error = None
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        sends = [send_purge(session, e, token, body) for e in edges]
-        if record:
-            async def write_record() -> None:
-                async with open_origin(cfg.origin) as origin:
-                    await purgelog.append(origin, ids=ids, purge_all=purge_all,
-                                          region=region, reason="purge")
-            outcome = await asyncio.gather(write_record(), *sends, return_exceptions=True)
-            if isinstance(outcome[0], BaseException):
-                record_error = _fail(outcome[0])
-            results = [r for r in outcome[1:] if isinstance(r, dict)]
-        else:
-            results = list(await asyncio.gather(*sends))
-    return results, record_error
+    if region:
+        body["region"] = region
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS + cfg.ingest.purge_ack_seconds,
+                                    connect=CONNECT_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            _, answer = await _ingest_call(session, "POST", f"{cfg.ingest.url}/v1/purges",
+                                           token, body)
+        except (IngestRefused, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = str(exc) if isinstance(exc, IngestRefused) else _fail(exc)
+            return [{"target": "ingest", "ok": False, "error": f"ingest {error}"}]
+    return _edge_results(edges, answer.get("edges", {}), int(answer["seq"]))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     edges = _edges(cfg, args.region)
-    results, record_error = _run_purge(cfg, edges, args)
-    if record_error:
-        results.append({"target": "origin purge log", "ok": False, "error": record_error})
+    results = asyncio.run(purge_everywhere(cfg, edges, list(args.ids), bool(args.all),
+                                           args.region))
     return _report(args, results, lambda r: (
-        f"edge {r['edge']} {r['region']} ok purged={r['purged']}" if r["ok"] and "edge" in r
+        f"edge {r['edge']} {r['region']} ok applied seq={r['seq']}" if r["ok"]
         else f"{'edge ' + r['target'] if 'edge' in r else r['target']} FAILED {r['error']}"))
-
-
-def _run_purge(cfg: Config, edges: list[EdgeNode],
-               args: argparse.Namespace) -> tuple[list[Result], str | None]:
-    return asyncio.run(purge_everywhere(cfg, edges, list(args.ids), bool(args.all),
-                                        args.region))
 
 
 # -- delete ---------------------------------------------------------------------------------
 
 
 async def _delete(cfg: Config, ids: list[str]) -> list[Result]:
+    """Ingest removes the objects, records the delete and answers once connected edges
+    applied it; the edges that had not are named."""
     token = _token(cfg, admin=True)
     results: list[Result] = []
-    deleted: list[str] = []
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    last_seq = 0
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS + cfg.ingest.purge_ack_seconds,
+                                    connect=CONNECT_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         for image_id in ids:
             result: Result = {"target": image_id, "id": image_id, "ok": False}
             try:
-                async with session.delete(f"{cfg.ingest.url}/v1/images/{image_id}",
-                                          headers={"Authorization": f"Bearer {token}"}) as r:
-                    if r.status == 204:
-                        result["ok"] = True
-                        deleted.append(image_id)
-                    else:
-                        result["error"] = await _problem(r)
+                _, headers = await _ingest_call(
+                    session, "DELETE", f"{cfg.ingest.url}/v1/images/{image_id}", token)
+                result["ok"] = True
+                last_seq = max(last_seq, int(headers.get("X-Purge-Seq", "0")))
+            except IngestRefused as exc:
+                result["error"] = str(exc)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 result["error"] = f"ingest {_fail(exc)}"
             results.append(result)
-    if deleted:  # ingest recorded the purge durably; tell the edges now as well
-        edge_results, _ = await purge_everywhere(cfg, list(cfg.edges), deleted, False, None,
-                                                 record=False)
-        results += edge_results
+        if last_seq:  # records are applied in order: the last one speaks for all
+            try:
+                _, answer = await _ingest_call(
+                    session, "GET", f"{cfg.ingest.url}/v1/purges/{last_seq}", token)
+            except (IngestRefused, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = str(exc) if isinstance(exc, IngestRefused) else _fail(exc)
+                return [*results, {"target": "ingest", "ok": False, "error": error}]
+            results += _edge_results(list(cfg.edges), answer.get("edges", {}), last_seq)
     return results
 
 
@@ -167,7 +176,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     results = asyncio.run(_delete(cfg, list(args.ids)))
     return _report(args, results, lambda r: (
-        (f"deleted {r['id']}" if "id" in r else f"edge {r['edge']} ok purged={r['purged']}")
+        (f"deleted {r['id']}" if "id" in r else f"edge {r['edge']} {r['region']} ok applied")
         if r["ok"] else f"{r['target']} FAILED {r['error']}"))
 
 

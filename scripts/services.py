@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 
 import uvloop
 
@@ -38,10 +39,13 @@ def run_edge(args: argparse.Namespace) -> int:
     if node is None:
         raise UsageError(f"no edge named {args.node!r} in {cfg.path}; edges: "
                          + ", ".join(e.name for e in cfg.edges))
+    # One token per run of the node: its workers serve once its follower caught up *in
+    # this run* (a marker left by an earlier run must not count).
+    run = args.run or secrets.randbits(62) + 1
     if node.workers > 1 and args.worker is None:
         from scripts.supervisor import MEDIACDN, run_workers
 
-        conf = ["--config", str(cfg.path)]
+        conf = ["--config", str(cfg.path), "--run", str(run)]
         argvs = [[*MEDIACDN, "edge", "--node", node.name, "--worker", str(i), *conf]
                  for i in range(node.workers)]
         return run_workers("edge", node.name, node.url, argvs, environ())
@@ -52,7 +56,7 @@ def run_edge(args: argparse.Namespace) -> int:
         raise UsageError(f"--worker {worker}: node {node.name} has {node.workers} worker(s)")
     setup_logging(f"edge/{node.name}" + (f"#{worker}" if node.workers > 1 else ""),
                   cfg.log_level)
-    uvloop.run(serve(create_app(cfg, node, worker), service="edge", name=node.name,
+    uvloop.run(serve(create_app(cfg, node, worker, run), service="edge", name=node.name,
                      host=node.host, port=node.port, reuse_port=node.workers > 1,
                      idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout))
     return 0

@@ -163,7 +163,7 @@ async def test_cli_purge_makes_every_edge_miss(topo: Topo) -> None:
             assert (await topo.get(topo.edge_url(name) + path))[1] == "HIT"
     code, out, err = await topo.cli("purge", str(image_id))
     assert code == 0, err
-    assert len([line for line in out.splitlines() if " ok purged=" in line]) == len(EDGES)
+    assert len([line for line in out.splitlines() if " ok applied" in line]) == len(EDGES)
     for (name, _), path in zip(EDGES, paths, strict=True):
         assert (await topo.get(topo.edge_url(name) + path))[1] == "MISS", name
     code, out, _ = await topo.cli("purge", "--all", "--region", "us-east", "--json")

@@ -1,4 +1,4 @@
-"""Edge health from probing `/healthz`, with hysteresis: `fall` failures in a row mark an
+"""Edge health from probing `/readyz`, with hysteresis: `fall` failures in a row mark an
 edge down, `rise` successes mark it up again, so one lost probe does not flap routing."""
 
 from __future__ import annotations
@@ -51,10 +51,14 @@ class HealthMonitor:
     async def probe(self, edge: EdgeNode) -> None:
         try:
             timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout)
-            async with self.session.get(f"{edge.url}/healthz", timeout=timeout) as r:
-                await r.read()
-                self.record(edge.name, r.status == 200, f"HTTP {r.status}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            async with self.session.get(f"{edge.url}/readyz", timeout=timeout) as r:
+                body = await r.json(content_type=None) if r.status in (200, 503) else {}
+                # An edge whose origin is away still serves its cache ("media": true); one
+                # catching up on purges refuses media: never send clients there.
+                serving = r.status == 200 or (isinstance(body, dict) and body.get("media") is True)
+                reason = body.get("reason", "") if isinstance(body, dict) else ""
+                self.record(edge.name, serving, f"HTTP {r.status} {reason}".strip())
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             self.record(edge.name, False, type(exc).__name__)
 
     async def probe_all(self) -> None:

@@ -1,0 +1,221 @@
+"""The node's follower of the invalidation log: one per edge node (its worker 0).
+
+It follows ingest's ordered record stream with long-polls (`GET /_internal/purges?after=N`,
+which also tells ingest that N is applied here), so an idle fleet costs the origin nothing
+per edge. While ingest cannot be reached it reads the log at the origin instead, slowly.
+Either way records are applied strictly in sequence, each complete on the node (every
+worker, both tiers) before the cursor moves past it; the cursor is kept on disk, so a node
+that was down applies everything it missed before it serves again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common.errors import MediaCDNError
+from edge.journal import ORIGIN_DOWN, ORIGIN_OK
+from edge.node import EdgeCache
+from origin import purgelog
+from origin.purgelog import Batch, Record
+
+log = logging.getLogger("mediacdn.edge.purge")
+ORIGIN_PROBE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class FollowerSettings:
+    node: str
+    region: str
+    hub_url: str  # ingest
+    token: str | None  # the admin token ingest asks for
+    follow_seconds: float  # one long-poll
+    fallback_seconds: float  # origin polling while ingest is away
+    timeout: float  # one request to ingest or the origin
+
+
+class Follower:
+    def __init__(self, cache: EdgeCache, settings: FollowerSettings, cursor_file: Path,
+                 session: aiohttp.ClientSession, run: int) -> None:
+        self.cache = cache
+        self.s = settings
+        self.cursor_file = cursor_file
+        self.session = session
+        self.run = run
+        self.cursor = -1  # -1: unknown (no cursor kept): drop everything once, then follow
+        self.applied = 0
+        self.hub_last = 0  # the newest record ingest has told us about
+        self.via = "none"
+
+    # -- the cursor on disk ------------------------------------------------------------
+    def _load_cursor(self) -> int:
+        try:
+            text = self.cursor_file.read_text().strip()
+        except OSError:
+            return -1
+        return int(text) if text.isdigit() else -1  # an older format: unknown
+
+    def _save_cursor(self, seq: int) -> None:
+        tmp = self.cursor_file.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(str(seq))
+            os.replace(tmp, self.cursor_file)
+        except OSError as exc:
+            # The records are applied; only the bookmark is lost, so a restart re-applies
+            # them (idempotent). Never a reason to stop serving.
+            log.warning("could not save the purge cursor: %s", exc)
+
+    # -- applying ----------------------------------------------------------------------
+    async def apply(self, batch: Batch) -> int:
+        if batch.missed:
+            log.warning("purge records after %d are gone from the log (compacted or reset): "
+                        "dropping the whole cache", self.cursor)
+            await self.cache.purge_all()
+        if not batch.records:
+            if batch.missed:
+                await self._advance(await purgelog.last_seq(self.cache.origin))
+            return 0
+        mine = [r for r in batch.records if r.applies_to(self.s.region)]
+        if any(r.all for r in mine):
+            await self.cache.purge_all()
+        else:
+            drop = sorted({i for r in mine if r.kind != "announce" for i in r.ids})
+            new = sorted({i for r in mine if r.kind == "announce" for i in r.ids} - set(drop))
+            if drop:
+                await self.cache.purge_ids(drop)
+            if new:
+                await self.cache.invalidation.announce(new)
+        await self._advance(batch.records[-1].seq)
+        self.applied += len(batch.records)
+        return len(batch.records)
+
+    async def _advance(self, seq: int) -> None:
+        self.cursor = seq
+        self.cache.journal.set_cursor(seq)
+        await self.cache.blocking(self._save_cursor, seq)
+
+    # -- reading: ingest first, the origin when ingest is away -------------------------
+    async def from_hub(self, wait: float) -> Batch:
+        """Records after the cursor from ingest, waiting up to `wait` s for new ones.
+        Raises on any failure (the caller then reads the origin)."""
+        params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region,
+                  "wait": f"{wait:g}"}
+        headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
+        timeout = aiohttp.ClientTimeout(total=wait + self.s.timeout)
+        async with self.session.get(f"{self.s.hub_url}/_internal/purges", params=params,
+                                    headers=headers, timeout=timeout) as r:
+            if r.status == 410:  # ingest no longer holds that range in memory
+                return await self.from_origin()
+            if r.status != 200:
+                raise OSError(f"ingest answered {r.status}")
+            body: dict[str, Any] = await r.json()
+        self.hub_last = int(body.get("last", 0))
+        records = [_record(raw) for raw in body.get("records", [])]
+        if self.cursor >= 0 and self.hub_last < self.cursor:
+            return await self.from_origin()  # ingest knows less than we do: ask the source
+        if records and self.cursor >= 0 and records[0].seq != self.cursor + 1:
+            raise OSError("ingest's stream skipped records")  # never expected: use the origin
+        self.via = "ingest"
+        return Batch(records)
+
+    async def from_origin(self) -> Batch:
+        async with asyncio.timeout(self.s.timeout):
+            if self.cursor < 0:
+                return Batch([], missed=True)
+            batch = await purgelog.read_after(self.cache.origin, self.cursor)
+        self.via = "origin"
+        return batch
+
+    async def step(self, wait: float) -> int:
+        """One read and apply; the first read of an unknown cursor drops everything."""
+        if self.cursor < 0:
+            # No cursor kept (a new cache, or an older version's): we cannot know what
+            # this cache missed. Nothing is served until we are caught up, so dropping
+            # everything before learning the newest number loses no record.
+            await self.cache.purge_all()
+            await self._advance(await self._last_known())
+            return 0
+        try:
+            batch = await self.from_hub(wait)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            log.debug("ingest's purge stream unavailable (%s): reading the origin", exc)
+            batch = await self.from_origin()
+        return await self.apply(batch)
+
+    async def _last_known(self) -> int:
+        """The newest record's number: from ingest (`after=-1` asks only that), else the
+        origin."""
+        headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            async with self.session.get(
+                    f"{self.s.hub_url}/_internal/purges", headers=headers,
+                    params={"after": "-1", "node": self.s.node, "region": self.s.region},
+                    timeout=aiohttp.ClientTimeout(total=self.s.timeout)) as r:
+                if r.status == 200:
+                    self.hub_last = int((await r.json())["last"])
+                    return self.hub_last
+        async with asyncio.timeout(self.s.timeout):
+            return await purgelog.last_seq(self.cache.origin)
+
+    async def catch_up(self) -> None:
+        """Before the node serves media: everything up to the newest record."""
+        self.cursor = await self.cache.blocking(self._load_cursor)
+        while True:
+            n = await self.step(0)
+            if n == 0 and (self.via != "ingest" or self.cursor >= self.hub_last):
+                break
+        self.cache.journal.set_ready(self.run)
+        log.info("caught up with the purge log at record %d (via %s)", self.cursor, self.via)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                if not self.caught_up:
+                    await self.catch_up()
+                    continue
+                n = await self.step(self.s.follow_seconds)
+                if n:
+                    log.info("applied %d purge record(s) up to %d", n, self.cursor)
+                if self.via == "origin":
+                    await asyncio.sleep(self.s.fallback_seconds)
+            except asyncio.CancelledError:
+                raise
+            except (MediaCDNError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("purge log unreachable (%s): retrying", exc)
+                await asyncio.sleep(min(1.0, self.s.fallback_seconds))
+
+    @property
+    def caught_up(self) -> bool:
+        return self.cache.journal.ready_run == self.run
+
+    async def probe_origin_forever(self) -> None:
+        """Readiness without an origin request per probe: this loop's last word, shared."""
+        while True:
+            try:
+                async with asyncio.timeout(self.s.timeout):
+                    await self.cache.origin.ping()
+                state = ORIGIN_OK
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure is "down", with the reason in the log
+                log.debug("origin probe failed: %s", exc)
+                state = ORIGIN_DOWN
+            self.cache.journal.set_origin_state(state, int(time.time()))
+            await asyncio.sleep(ORIGIN_PROBE_SECONDS)
+
+
+def _record(raw: Any) -> Record:
+    if not isinstance(raw, dict) or not isinstance(raw.get("seq"), int):
+        raise ValueError("a record without a sequence number")
+    try:
+        return Record.from_json(raw, raw["seq"])
+    except (ValueError, TypeError):
+        return Record.damaged(raw["seq"])

@@ -1,0 +1,218 @@
+"""Ingest's side of invalidation: the only writer of the log, and the stream edges follow.
+
+- `append` claims the next sequence number at the origin (see `origin.purgelog`) and puts
+  the record in memory, where every follower's pending long-poll gets it at once.
+- Followers (one per edge node) long-poll `records_after(cursor)`; the cursor they send is
+  also their acknowledgement, so `wait_applied(seq)` can answer a purge or delete only
+  once every connected edge has applied it (or say which did not, in time).
+- The log is re-read at the origin every `poll_seconds` (one LIST, whatever the number of
+  edges) for records other ingest replicas wrote; records older than the retention are
+  compacted away (an edge that missed them drops its whole cache when it returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from common.errors import OriginUnavailable
+from origin import Origin, purgelog
+from origin.purgelog import Kind, Record
+
+log = logging.getLogger("mediacdn.ingest.purges")
+KEEP_IN_MEMORY = 10_000
+MAX_PER_ANSWER = 1000
+BETWEEN_POLLS_SECONDS = 3.0
+RECHECK_SECONDS = 0.2  # how often a waiting purge notices a follower that went away
+WRITE_ATTEMPTS = 50
+
+
+class Gone(Exception):
+    """The records after this cursor are no longer held in memory: read the origin."""
+
+
+@dataclass
+class FollowerState:
+    name: str
+    region: str
+    acked: int
+    seen_at: float
+    transport: asyncio.BaseTransport | None = None  # of its pending long-poll
+
+    def connected(self, now: float) -> bool:
+        # Mid-poll on a live connection, or between two polls (they follow each other).
+        if self.transport is not None and not self.transport.is_closing():
+            return True
+        return now - self.seen_at <= BETWEEN_POLLS_SECONDS
+
+
+class PurgeHub:
+    def __init__(self, origin: Origin, poll_seconds: float, retention_seconds: float) -> None:
+        self.origin = origin
+        self.poll_seconds = poll_seconds
+        self.retention = retention_seconds
+        self.tail: deque[Record] = deque(maxlen=KEEP_IN_MEMORY)
+        self.last = 0  # the newest sequence number known, whether held in memory or not
+        self.followers: dict[str, FollowerState] = {}
+        self._write = asyncio.Lock()
+        self._news = asyncio.Event()  # replaced each time records or acks arrive
+        self.loaded = False
+
+    # -- the log -----------------------------------------------------------------------
+    async def load(self) -> None:
+        """The newest records into memory (followers further behind read the origin)."""
+        self.last = await purgelog.last_seq(self.origin)
+        start = max(0, self.last - KEEP_IN_MEMORY)
+        self.tail.clear()
+        await self._read_from(start)
+        self.loaded = True
+        log.info("purge log loaded: newest record %d, %d held in memory", self.last,
+                 len(self.tail))
+
+    async def _read_from(self, cursor: int) -> int:
+        added = 0
+        while True:
+            batch = await purgelog.read_after(self.origin, cursor, MAX_PER_ANSWER)
+            if batch.missed:
+                self.tail.clear()  # compacted under us: what we hold is no longer a prefix
+            if not batch.records:
+                return added
+            for rec in batch.records:
+                self._hold(rec)
+            added += len(batch.records)
+            cursor = batch.records[-1].seq
+
+    def _hold(self, rec: Record) -> None:
+        if self.tail and rec.seq != self.tail[-1].seq + 1:
+            if rec.seq <= self.tail[-1].seq:
+                return  # already held
+            self.tail.clear()  # a hole: keep only a contiguous run
+        self.tail.append(rec)
+        self.last = max(self.last, rec.seq)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()
+
+    async def refresh(self) -> int:
+        """Records other writers added since what we hold."""
+        return await self._read_from(self.tail[-1].seq if self.tail else self.last)
+
+    async def append(self, kind: Kind, ids: list[str], purge_all: bool = False,
+                     region: str | None = None) -> Record:
+        """Durably record it at the origin with the next free sequence number."""
+        async with self._write:
+            seq = self.last + 1
+            for _ in range(WRITE_ATTEMPTS):
+                rec = purgelog.new_record(seq, kind, ids, purge_all, region)
+                if await purgelog.try_write(self.origin, rec):
+                    self._hold(rec)
+                    return rec
+                # Another ingest took that number: learn what it wrote, take the next one.
+                await self.refresh()
+                seq = max(seq, self.last) + 1
+            raise OriginUnavailable("could not claim a purge log sequence number")
+
+    async def poll_forever(self) -> None:
+        while True:
+            try:
+                if not self.loaded:
+                    await self.load()
+                else:
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the origin away: followers keep what we hold
+                log.warning("reading the purge log failed: %s", exc)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def compact_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(3600.0, max(1.0, self.retention / 10)))
+            try:
+                removed = await self.compact()
+                if removed:
+                    log.info("compacted %d purge record(s)", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the origin away: try again next round
+                log.warning("purge log compaction failed: %s", exc)
+
+    async def compact(self) -> int:
+        """Drop records older than the retention, never the newest (it carries the number)."""
+        cutoff = time.time_ns() - int(self.retention * 1e9)
+        old = [r.seq for r in self.tail if r.at_ns < cutoff and r.seq < self.last]
+        await purgelog.delete_through(self.origin, old)
+        gone = set(old)
+        while self.tail and self.tail[0].seq in gone:
+            self.tail.popleft()
+        return len(old)
+
+    # -- followers ---------------------------------------------------------------------
+    def ack(self, name: str, region: str, cursor: int,
+            transport: asyncio.BaseTransport | None = None) -> None:
+        """A follower asked for records after `cursor`: it has applied everything up to it."""
+        state = self.followers.get(name)
+        if state is None:
+            state = self.followers[name] = FollowerState(name, region, cursor, 0.0)
+        moved = cursor > state.acked
+        state.region, state.seen_at, state.acked = region, time.monotonic(), cursor
+        state.transport = transport
+        if moved:
+            self._notify()
+
+    async def records_after(self, cursor: int, wait: float) -> list[Record]:
+        """Records after `cursor`, waiting up to `wait` s for one. Raises Gone when the
+        next one is no longer in memory."""
+        deadline = time.monotonic() + wait
+        while True:
+            if cursor > self.last:
+                return []  # the follower knows more than we do: it reads the origin
+            if cursor < self.last:
+                return self._slice(cursor)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._news.wait()
+
+    def _slice(self, cursor: int) -> list[Record]:
+        if not self.tail or self.tail[0].seq > cursor + 1:
+            raise Gone(f"records after {cursor} are not held in memory")
+        first = self.tail[0].seq
+        out = []
+        for i in range(cursor + 1 - first, len(self.tail)):
+            out.append(self.tail[i])
+            if len(out) >= MAX_PER_ANSWER:
+                break
+        return out
+
+    def poll_ended(self, name: str) -> None:
+        state = self.followers.get(name)
+        if state is not None:
+            state.transport, state.seen_at = None, time.monotonic()
+
+    def connected(self, region: str | None) -> list[FollowerState]:
+        now = time.monotonic()
+        return [f for f in self.followers.values()
+                if f.connected(now) and (region is None or f.region == region)]
+
+    async def wait_applied(self, rec: Record, limit: float) -> dict[str, bool]:
+        """Wait until every connected follower the record applies to has acknowledged it,
+        at most `limit` s. {node: applied}."""
+        deadline = time.monotonic() + limit
+        while True:
+            status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
+            left = deadline - time.monotonic()
+            if all(status.values()) or left <= 0:
+                return status
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._news.wait()
+

@@ -1,0 +1,183 @@
+"""Ingest's invalidation routes: purges, deletes, and the stream edges follow.
+
+    POST   /v1/purges              admin: {"ids": [...]} or {"all": true}, "region" optional
+    DELETE /v1/images/{id}         admin: objects gone, then recorded, then the manifest
+    GET    /v1/purges/{seq}        admin: which connected edges have applied record seq
+    GET    /_internal/purges       admin: ?after=N&node=&region=&wait=S  (edges' long-poll)
+
+A purge or delete is answered once it is durable in the log and every connected edge it
+applies to has applied it (at most `ingest.purge_ack_seconds`); the answer names any edge
+that had not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from common.auth import require_bearer
+from common.errors import (
+    BadRequest,
+    NotFound,
+    OriginTimeout,
+    OriginUnavailable,
+    ServiceUnavailable,
+)
+from common.hashing import is_content_id
+from config.schema import Config
+from ingest.keys import CONFIG, HUB, ORIGIN
+from ingest.purgehub import Gone, PurgeHub
+from ingest.store import (
+    DamagedManifest,
+    delete_manifest,
+    delete_objects,
+    load_manifest,
+    unavailable,
+)
+from origin.purgelog import Record
+
+log = logging.getLogger("mediacdn.ingest.purges")
+MAX_IDS = 10_000
+MAX_WAIT_SECONDS = 60.0
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/purges", purge)
+    app.router.add_delete("/v1/images/{id}", delete)
+    app.router.add_get("/v1/purges/{seq}", status)
+    app.router.add_get("/_internal/purges", follow)
+
+
+def _admin(request: web.Request) -> Config:
+    cfg = request.app[CONFIG]
+    if cfg.secrets.admin_token is None:
+        raise ServiceUnavailable("no admin token configured")
+    require_bearer(request, cfg.secrets.admin_token, "admin token")
+    return cfg
+
+
+def _hub(request: web.Request) -> PurgeHub:
+    hub = request.app[HUB]
+    if not hub.loaded:
+        raise ServiceUnavailable("the purge log is not loaded yet (origin unreachable?)",
+                                 headers={"Retry-After": "1"})
+    return hub
+
+
+async def _record(hub: PurgeHub, kind: str, ids: list[str], purge_all: bool,
+                  region: str | None) -> Record:
+    try:
+        return await hub.append(kind, ids, purge_all, region)  # type: ignore[arg-type]
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
+
+
+def _edges(status: dict[str, bool]) -> dict[str, str]:
+    return {name: "applied" if ok else "pending" for name, ok in sorted(status.items())}
+
+
+async def purge(request: web.Request) -> web.Response:
+    cfg = _admin(request)
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be JSON: {\"ids\": [...]} or {\"all\": true}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    region = body.get("region")
+    if region is not None and (not isinstance(region, str) or cfg.region(region) is None):
+        raise BadRequest(f"unknown region {str(region)[:64]!r}; regions: "
+                         + ", ".join(r.name for r in cfg.regions))
+    purge_all = body.get("all") is True
+    ids = body.get("ids", [])
+    if purge_all and ids:
+        raise BadRequest("send either \"ids\" or \"all\", not both")
+    if not purge_all:
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
+            raise BadRequest(f"'ids' must be a list of 1 to {MAX_IDS} image ids, or send "
+                             "{\"all\": true}")
+        bad = [i for i in ids if not isinstance(i, str) or not is_content_id(i)]
+        if bad:
+            raise BadRequest(f"not image ids: {json.dumps(bad[:5])[:200]}")
+        ids = sorted(set(ids))
+    hub = _hub(request)
+    rec = await _record(hub, "purge", ids, purge_all, region)
+    status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)
+    log.info("purge %d recorded: %s", rec.seq, "all" if purge_all else f"{len(ids)} id(s)",
+             extra={"seq": rec.seq, "pending": [n for n, ok in status.items() if not ok]})
+    return web.json_response({"seq": rec.seq, "purged": "all" if purge_all else len(ids),
+                              "region": region, "edges": _edges(status)})
+
+
+async def delete(request: web.Request) -> web.Response:
+    cfg = _admin(request)
+    image_id = request.match_info["id"]
+    if not is_content_id(image_id):
+        raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
+    origin = request.app[ORIGIN]
+    hub = _hub(request)
+    try:
+        exists = await load_manifest(origin, image_id) is not None
+    except DamagedManifest:
+        exists = True  # damaged or not, it is there to delete
+    if not exists:
+        raise NotFound(f"no image {image_id}")
+    # Objects first: from here on no edge can fill them. Then the record: every edge drops
+    # what it holds, and a fill that began before is not stored. The manifest goes last,
+    # so a delete cut short anywhere is still visible and can be sent again.
+    await delete_objects(origin, image_id)
+    rec = await _record(hub, "delete", [image_id], False, None)
+    await delete_manifest(origin, image_id)
+    status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)
+    pending = [n for n, ok in status.items() if not ok]
+    if pending:
+        log.warning("delete %s: edges %s had not applied record %d in time; they will",
+                    image_id, ", ".join(pending), rec.seq)
+    return web.Response(status=204, headers={"X-Purge-Seq": str(rec.seq)})
+
+
+async def status(request: web.Request) -> web.Response:
+    _admin(request)
+    seq = request.match_info["seq"]
+    hub = _hub(request)
+    if not seq.isdigit() or not 0 < int(seq) <= hub.last:
+        raise NotFound(f"no purge record {seq[:32]}")
+    region = request.query.get("region") or None
+    edges = {f.name: f.acked >= int(seq) for f in hub.connected(region)}
+    return web.json_response({"seq": int(seq), "edges": _edges(edges)})
+
+
+async def follow(request: web.Request) -> web.Response:
+    _admin(request)
+    q = request.query
+    try:
+        after = int(q.get("after", ""))
+        wait = min(MAX_WAIT_SECONDS, max(0.0, float(q.get("wait", "0"))))
+    except ValueError:
+        raise BadRequest("'after' must be an integer and 'wait' a number of seconds") from None
+    node, region = q.get("node", "")[:128], q.get("region", "")[:128]
+    hub = _hub(request)
+    if after < 0:  # "just tell me the newest number"
+        return web.json_response({"last": hub.last, "records": []})
+    if node:
+        hub.ack(node, region, after, request.transport)
+    try:
+        records = await hub.records_after(after, wait)
+    except Gone as exc:
+        return web.json_response({"detail": str(exc)}, status=410)
+    finally:
+        if node:
+            hub.poll_ended(node)
+    return web.json_response({"last": hub.last, "records": [r.to_json() for r in records]})
+
+
+async def announce(hub: PurgeHub, image_id: str) -> None:
+    """A new upload: edges drop any 404 they cached for it. Best effort: the image is
+    stored either way, and a cached 404 expires on its own."""
+    try:
+        await hub.append("announce", [image_id])
+    except (OriginUnavailable, OriginTimeout) as exc:
+        log.warning("could not announce %s to the edges: %s", image_id, exc)
