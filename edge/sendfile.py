@@ -86,7 +86,7 @@ class HotResponse(web.StreamResponse):
                 self._pre_rendered = True
                 transport.write(hot.hit_head(self._now))
                 sent = _sendfile(transport, hot)
-                if sent < hot.size or transport.get_write_buffer_size() > self._limits.buffer_bytes:
+                if sent < hot.size:  # the socket is full: the rest waits for the client
                     await self._send_rest(request, transport, sent)
                 return None
             return await self._through_aiohttp(request, transport, hot)
@@ -103,7 +103,6 @@ class HotResponse(web.StreamResponse):
             transport.write(hot.read(sent, end))
             sent = end
             await limits.settle(request)
-        await limits.settle(request)  # when the socket took the body but not the head
 
     async def _through_aiohttp(self, request: web.BaseRequest, transport: asyncio.Transport,
                                hot: HotEntry) -> AbstractStreamWriter | None:
