@@ -100,3 +100,50 @@ async def test_an_evicted_entry_is_sent_whole_to_a_slow_client(tmp_path: Path) -
         assert content_id(bytes(received)) == content_id(body) == headers["etag"].strip('"')
     finally:
         assert await edge.stop() == 0
+
+
+def _memfds(pid: int, path: str) -> int:
+    """How many of the edge's open fds are memfds of the variant at `path`."""
+    key = path.removeprefix("/i/")
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        count += f"mediacdn:{key}" in target
+    return count
+
+
+async def _eventually(check: object, seconds: float) -> bool:
+    assert callable(check)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_a_client_that_goes_away_mid_body_lets_go_of_the_memfd(tmp_path: Path) -> None:
+    config = edge_config(tmp_path, "memory_bytes = 7000000\nmemory_object_bytes = 8000000\n"
+                         "connection_buffer_bytes = 16384")
+    (path, body), (other, other_body) = await seed(tmp_path, 6_000_000, 6_000_000)
+    edge = await start_edge(config)
+    assert edge.proc is not None
+    pid = edge.proc.pid
+    try:
+        async with Polite(edge.url) as client:
+            assert (await client.get(path))[2] == body
+            async with Polite(edge.url, rcvbuf=8192) as slow:
+                slow.writer.write(f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+                async with asyncio.timeout(10):
+                    await slow.reader.readexactly(100_000)  # it is sending, and waits for us
+                assert (await client.get(other))[2] == other_body  # evicts it meanwhile
+                await asyncio.sleep(0.5)
+                assert _memfds(pid, path) == 1  # held by the response still sending
+            # Gone mid-body: the response ends and lets go; the evicted memfd is closed.
+            assert await _eventually(lambda: _memfds(pid, path) == 0, 3.0)
+            assert _memfds(pid, other) == 1
+    finally:
+        assert await edge.stop() == 0
