@@ -11,6 +11,8 @@ import sys
 
 from aiohttp import web
 
+from common.backpressure import drop_stalled_clients
+
 log = logging.getLogger("mediacdn.serve")
 
 
@@ -26,19 +28,29 @@ def announce(service: str, name: str, url: str) -> None:
 IDLE_TIMEOUT = 20.0
 
 
+async def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    family = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=1024,
+                                reuse_port=reuse_port)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(app: web.Application, *, service: str, name: str, host: str, port: int,
                 sock: socket.socket | None = None, reuse_port: bool = False,
-                shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT) -> None:
+                shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT,
+                send_timeout: float | None = None) -> None:
+    """`send_timeout`: drop connections whose client takes nothing for that long."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            keepalive_timeout=idle_timeout)
     await runner.setup()
     try:
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None,
-                               shutdown_timeout=shutdown_timeout)
+        # Our own listening socket, so that its options reach every accepted connection.
+        sock = sock or await listen(host, port, reuse_port)
+        if send_timeout is not None:
+            drop_stalled_clients(sock, send_timeout)
+        site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout)
         await site.start()
         bound = runner.addresses[0]
         announce(service, name, f"http://{bound[0]}:{bound[1]}")

@@ -224,6 +224,8 @@ def _edge_settings(t: Table) -> EdgeSettings:
         access_log=t.text("access_log", "misses", choices=("all", "misses")),
         cors_allow_origin=_cors(t),
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
+        connection_buffer_bytes=t.integer("connection_buffer_bytes", 64 << 10, lo=1024),
+        send_timeout=t.number("send_timeout", 30.0, lo=0.1),
     )
     t.done()
     return cfg

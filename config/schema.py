@@ -102,6 +102,11 @@ class EdgeSettings:
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
     cors_allow_origin: str  # "*" (default), one origin, or "" for no CORS headers
     idle_timeout: float  # close a connection that sends no whole request for this long
+    # Past this many bytes waiting in a connection's write buffer, read no further request
+    # on it until the client takes them (the memory one connection may hold, plus one
+    # response).
+    connection_buffer_bytes: int
+    send_timeout: float  # drop a connection whose client takes nothing for this long
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.backpressure import SendLimits
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
 from common.problem import from_error, with_problems
@@ -44,7 +45,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     run = run if run is not None else secrets.randbits(62) + 1
     stats = EdgeStats()
     app[STATS] = stats
-    media = handlers.MediaHandler(stats, cfg.transcode, run,
+    limits = SendLimits(cfg.edge.connection_buffer_bytes)
+    media = handlers.MediaHandler(stats, cfg.transcode, run, limits,
                                   log_hits=cfg.edge.access_log == "all")
     registry = CollectorRegistry()
 

@@ -9,11 +9,13 @@ no middleware.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 
 from aiohttp import web
 
+from common.backpressure import SendLimits
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.problem import from_error
 from config.schema import TranscodeConfig
@@ -26,15 +28,17 @@ from edge.sendfile import HotResponse
 from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
 class MediaHandler:
     def __init__(self, stats: EdgeStats, transcode: TranscodeConfig, run: int,
-                 log_hits: bool = False) -> None:
+                 limits: SendLimits, log_hits: bool = False) -> None:
         self.stats = stats
         self.transcode = transcode
         self.run = run  # media is served once the node's follower caught up in this run
         self.caught_up = False
+        self.limits = limits
         self.log_hits = log_hits  # misses and errors are always logged
         # Set when the app starts (it lives in its cleanup context).
         self.cache: EdgeCache | None = None
@@ -57,7 +61,9 @@ class MediaHandler:
                 if self.log_hits:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
                              extra={"status": 200, "cache": "HIT", "bytes": hot.size})
-                return HotResponse(hot, int(time.time()))
+                return HotResponse(hot, int(time.time()), self.limits)
+        if request.transport is not None:  # aiohttp writes what we return: at our mark
+            self.limits.mark(request.transport)
         return await self.full(request, cache)
 
     async def full(self, request: web.Request, cache: EdgeCache) -> web.StreamResponse:
@@ -70,7 +76,14 @@ class MediaHandler:
                                          headers={"Retry-After": "1"})
             target = resolve(request.match_info["id"], request.match_info["name"],
                              request.headers.get("Accept", ""), self.transcode)
-            entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+            try:
+                entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+            except OSError as exc:
+                if exc.errno not in OUT_OF_FDS:
+                    raise
+                # A passing condition, not a bug: say so, and when to come back.
+                raise ServiceUnavailable("the edge is out of file descriptors; retry shortly",
+                                         headers={"Retry-After": "1"}) from exc
             resp = respond(request, entry, hit, target.negotiated, cache.cors)
         except MediaCDNError as exc:
             exc.headers.update(cache.cors)  # errors readable cross-origin too

@@ -5,12 +5,21 @@ plain hit is sent with sendfile(2) straight from those pages, with no copy throu
 (measured on aiohttp + uvloop: +13% req/s for 60 KB bodies). Nobody else can write to a
 memfd, so bytes verified once stay verified.
 
-An evicted object's memfd is closed only a few seconds later: a response that picked it
-up may still be about to send from it, and its fd number must not be reused before that.
+A memfd lives as long as its users: each response sending from it holds a reference
+(acquire/release), and an evicted entry's fd is closed when the last one lets go, at once
+if nobody holds it. A timer would not do: a response that waits for a slow client holds the
+fd for as long as the client takes, and a closed fd number is soon reused by another memfd,
+so sending from it later would send another object's bytes.
+
+Out of fds (memfd_create fails with EMFILE/ENFILE), an entry is simply not kept in memory:
+the caller has its verified bytes and serves them, and the disk tier still holds them. A hot
+tier is an optimisation; failing a request because it could not grow would be wrong.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import resource
 import time
@@ -20,7 +29,9 @@ from email.utils import formatdate
 
 from edge.entry import Entry
 
-GRACE_SECONDS = 5.0
+log = logging.getLogger("mediacdn.edge.memory")
+_NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # out of fds, or of memory
+LOG_EVERY_SECONDS = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -33,10 +44,29 @@ class HotEntry:
     stored_at: float
     headers: dict[str, str]
     closed: bool = False
+    retired: bool = False  # out of the tier: close the fd when the last user lets go
+    users: int = 0
     _hit_second: int = -1
     _hit_headers: dict[str, str] = field(default_factory=dict)
     _head_second: int = -1
     _head: bytes = b""
+
+    def acquire(self) -> bool:
+        """Hold the fd open for one response; False if it is already closed."""
+        if self.closed:
+            return False
+        self.users += 1
+        return True
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            self.close_fd()
+
+    def close_fd(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
 
     def read(self, start: int = 0, end: int | None = None) -> bytes:
         """Bytes from memory (a memfd read never touches a disk)."""
@@ -92,8 +122,10 @@ class MemoryTier:
         self.max_entries = _fd_budget() if max_bytes else 0
         self.bytes = 0
         self.evictions = 0
+        self.alloc_failures = 0
         self._items: OrderedDict[str, HotEntry] = OrderedDict()
-        self._graveyard: list[tuple[float, HotEntry]] = []
+        self._held: set[HotEntry] = set()  # retired, fd still in use by a response
+        self._logged_at = -LOG_EVERY_SECONDS
 
     def __len__(self) -> int:
         return len(self._items)
@@ -109,7 +141,13 @@ class MemoryTier:
             return
         if self.max_entries == 0:
             return
-        fd = os.memfd_create(f"mediacdn:{entry.key}", os.MFD_CLOEXEC)
+        try:
+            fd = os.memfd_create(f"mediacdn:{entry.key}", os.MFD_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM:
+                raise
+            self._alloc_failed(entry.key, exc)
+            return
         try:
             os.write(fd, entry.body)
         except OSError:
@@ -126,9 +164,21 @@ class MemoryTier:
             self.evictions += 1
         self.reap()
 
+    def _alloc_failed(self, key: str, exc: OSError) -> None:
+        self.alloc_failures += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_SECONDS:  # once per interval, not per request
+            self._logged_at = now
+            log.warning("memory tier: no memfd for %s (%s); served uncached in memory, "
+                        "%d such so far", key, exc.strerror, self.alloc_failures)
+
     def _retire(self, hot: HotEntry) -> None:
         self.bytes -= hot.size
-        self._graveyard.append((time.monotonic() + GRACE_SECONDS, hot))
+        hot.retired = True
+        if hot.users:
+            self._held.add(hot)
+        else:
+            hot.close_fd()
 
     def _drop(self, key: str) -> bool:
         hot = self._items.pop(key, None)
@@ -138,16 +188,13 @@ class MemoryTier:
         return True
 
     def reap(self, force: bool = False) -> None:
-        """Close the memfds of entries retired more than GRACE_SECONDS ago."""
-        now = time.monotonic()
-        keep = []
-        for due, hot in self._graveyard:
-            if force or due <= now:
-                hot.closed = True
-                os.close(hot.fd)
-            else:
-                keep.append((due, hot))
-        self._graveyard = keep
+        """Forget retired entries whose last user let go (their fds are closed already);
+        with `force` (shutdown), close the fds of the ones still held too."""
+        for hot in list(self._held):
+            if force:
+                hot.close_fd()
+            if hot.closed:
+                self._held.discard(hot)
 
     def discard(self, key: str) -> None:
         self._drop(key)

@@ -58,7 +58,7 @@ def run_edge(args: argparse.Namespace) -> int:
                   cfg.log_level)
     uvloop.run(serve(create_app(cfg, node, worker, run), service="edge", name=node.name,
                      host=node.host, port=node.port, reuse_port=node.workers > 1,
-                     idle_timeout=cfg.edge.idle_timeout))
+                     idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout))
     return 0
 
 
