@@ -87,7 +87,8 @@ rise = 1
         return self.ingest
 
     async def start_edge(self, name: str) -> Service:
-        svc = await Service(["edge", "--node", name, "--config", str(self.config)], self.env).start()
+        argv = ["edge", "--node", name, "--config", str(self.config)]
+        svc = await Service(argv, self.env).start()
         self.edges[name] = svc
         return svc
 
@@ -174,10 +175,10 @@ async def test_a_purge_answered_is_complete_for_thousands_of_racing_gets(
                                  headers=ADMIN) as r:
             assert r.status == 200
     elif via == "cli":
-        code, out, err = await net.cli("purge", image_id)
+        code, _, err = await net.cli("purge", image_id)
         assert code == 0, err
     else:
-        code, out, err = await net.cli("delete", image_id)
+        code, _, err = await net.cli("delete", image_id)
         assert code == 0, err
     answered.set()
     await asyncio.gather(*racers)

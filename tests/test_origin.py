@@ -10,9 +10,8 @@ import pytest
 from common.errors import NotFound, OriginTimeout, OriginUnavailable, RangeNotSatisfiable
 from common.hashing import content_id
 from config.schema import OriginConfig
-from origin import Origin, open_origin
+from origin import Origin, open_origin, purgelog
 from origin import keys as K
-from origin import purgelog
 from tests.conftest import s3_origin_config
 from tests.s3server import S3Server, free_port, start_moto
 
