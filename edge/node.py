@@ -18,7 +18,7 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client import Histogram
 
-from common.errors import NotFound
+from common.errors import NotFound, OriginTimeout, OriginUnavailable
 from config.schema import Config, EdgeNode
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
@@ -31,7 +31,7 @@ from edge.fill import (
     Verifying,
 )
 from edge.invalidation import Invalidation
-from edge.journal import Journal
+from edge.journal import ORIGIN_DOWN, ORIGIN_OK, Journal
 from edge.memory import MemoryTier
 from edge.peer import PeerUpstream, PeerWithFallback
 from edge.rendezvous import owner
@@ -136,8 +136,20 @@ class EdgeCache:
             raise NotFound("no such image or variant")
         # One deadline for the whole miss, whichever upstreams it tries.
         deadline = asyncio.get_running_loop().time() + self.cfg.edge.origin_timeout
-        entry = await self._upstream(key, from_peer).fetch(key, deadline)
+        try:
+            entry = await self._upstream(key, from_peer).fetch(key, deadline)
+        except (OriginUnavailable, OriginTimeout):
+            self._origin_seen(ORIGIN_DOWN)  # readiness follows real traffic too
+            raise
+        except NotFound:
+            self._origin_seen(ORIGIN_OK)
+            raise
+        self._origin_seen(ORIGIN_OK)
         return entry, False
+
+    def _origin_seen(self, state: int) -> None:
+        if self.journal.origin_state()[0] != state:
+            self.journal.set_origin_state(state, int(time.time()))
 
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])

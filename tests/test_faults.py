@@ -229,8 +229,9 @@ async def test_unwritable_cache_dir_serves_uncached_and_says_so(
             assert r.status == 200 and await r.read() == data
     async with client.get("/metrics") as r:
         assert "mediacdn_edge_disk_unavailable 1.0" in await r.text()
-    async with client.get("/readyz") as r:
-        assert r.status == 200
+    async with client.get("/readyz") as r:  # not ready, says why, and still serves media
+        body = await r.json()
+        assert r.status == 503 and body["media"] is True and "disk" in body["reason"]
 
 
 async def test_slow_clients_are_cut_off_and_others_are_served(tmp_path: Path) -> None:
