@@ -153,6 +153,7 @@ def _ingest(t: Table) -> IngestConfig:
         max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
         spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
+        origin_deadline_seconds=t.number("origin_deadline_seconds", 10.0, lo=0.1),
     )
     t.done()
     return cfg
@@ -201,6 +202,8 @@ def _transcode(t: Table) -> TranscodeConfig:
         workers=t.integer("workers", 2, lo=1, hi=64),
         worker_max_jobs=t.integer("worker_max_jobs", 200, lo=1),
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
+        max_waiting=t.integer("max_waiting", 16, lo=0),
+        wait_seconds=t.number("wait_seconds", 10.0, lo=0.1),
     )
     t.done()
     return cfg

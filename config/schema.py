@@ -60,6 +60,8 @@ class TranscodeConfig:
     workers: int  # transcode worker processes
     worker_max_jobs: int  # a worker is replaced after this many images
     deadline_seconds: float
+    max_waiting: int  # uploads that may wait for a free worker; beyond, 503 + Retry-After
+    wait_seconds: float  # the longest an upload waits for a free worker
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:
@@ -80,6 +82,7 @@ class IngestConfig:
     max_frames: int
     spool_bytes: int
     idle_timeout: float
+    origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
 
 
 @dataclass(frozen=True)

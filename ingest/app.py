@@ -62,15 +62,19 @@ def create_app(cfg: Config) -> web.Application:
 
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # The steps check the deadline cooperatively; past twice that, the worker is killed.
-        pool = WorkerPool(cfg.transcode.workers, hard_timeout=2 * cfg.transcode.deadline_seconds,
-                          log_level=cfg.log_level, max_jobs=cfg.transcode.worker_max_jobs)
+        t = cfg.transcode
+        pool = WorkerPool(t.workers, hard_timeout=2 * t.deadline_seconds,
+                          log_level=cfg.log_level, max_jobs=t.worker_max_jobs,
+                          max_waiting=t.max_waiting, wait_seconds=t.wait_seconds)
         app[POOL] = pool
-        Gauge("mediacdn_ingest_worker_restarts", "Transcode worker pools restarted (a job "
-              "killed past its deadline, or a worker that died)", registry=registry
+        Gauge("mediacdn_ingest_worker_restarts", "Transcode workers replaced after a failure "
+              "(a job killed past its deadline, or a worker that died)", registry=registry
               ).set_function(lambda: pool.restarts)
+        Gauge("mediacdn_ingest_transcode_waiting", "Uploads waiting for a free transcode "
+              "worker", registry=registry).set_function(lambda: pool.waiting)
         await pool.start()
         yield
-        pool.close()
+        await asyncio.to_thread(pool.close)
 
     async def compaction_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_compact_forever(app[ORIGIN], cfg.edge.purge_retention_seconds))

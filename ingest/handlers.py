@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +29,11 @@ from transcode.formats import sniff
 from transcode.job import transcode
 
 INFLIGHT = web.AppKey("inflight", dict)
+T = TypeVar("T")
+log = logging.getLogger("mediacdn.ingest")
+# Origin steps given up on: they finish cancelling in the background (an S3 client may
+# still abort a multipart upload), referenced here so they are not collected mid-way.
+_ABANDONED: set[asyncio.Task[Any]] = set()
 
 
 def add_routes(app: web.Application) -> None:
@@ -72,7 +79,7 @@ async def upload(request: web.Request) -> web.Response:
         sniff(body.head)  # 415 before any decoding work
         origin = request.app[ORIGIN]
         try:
-            existing = await load_manifest(origin, body.id)
+            existing = await _within_deadline(cfg, "the lookup", load_manifest(origin, body.id))
         except DamagedManifest:
             existing = None  # the same bytes are here again: rebuild and rewrite it
         if existing is not None:
@@ -88,7 +95,8 @@ async def upload(request: web.Request) -> web.Response:
             header, ladder, seconds = await request.app[POOL].run(
                 transcode, body.source(), cfg.ingest, cfg.transcode)
             metrics.transcode_seconds.observe(seconds)
-            manifest = await store(origin, body, header, ladder)
+            manifest = await _within_deadline(cfg, "the store",
+                                              store(origin, body, header, ladder))
             fut.set_result(manifest)
         except BaseException as exc:
             fut.set_exception(exc)
@@ -101,6 +109,32 @@ async def upload(request: web.Request) -> web.Response:
         return _answer(cfg, manifest, 201)
     finally:
         body.close()
+
+
+async def _within_deadline(cfg: Config, step: str, work: Awaitable[T]) -> T:
+    """`work` answered within the upload's origin deadline, else 503, whatever the origin
+    does: a hung S3 holds a call for read_timeout x attempts, and a cancelled call may
+    still await its own clean-up, so the answer does not wait for the cancellation."""
+    seconds = cfg.ingest.origin_deadline_seconds
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except BaseException:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    _ABANDONED.add(task)
+    task.add_done_callback(_forget)
+    raise ServiceUnavailable(f"the origin did not finish {step} within {seconds:g} s; "
+                             "retry the upload", headers={"Retry-After": "5"})
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.info("an abandoned origin step ended with %r", task.exception())
 
 
 async def get_manifest(request: web.Request) -> web.Response:
