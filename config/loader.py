@@ -152,6 +152,7 @@ def _ingest(t: Table) -> IngestConfig:
         max_dimension=t.integer("max_dimension", 16384, lo=1, hi=65535),
         max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
         spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
+        spool_dir=Path(d) if (d := t.text("spool_dir", None)) else None,
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
         origin_deadline_seconds=t.number("origin_deadline_seconds", 10.0, lo=0.1),
     )

@@ -81,6 +81,7 @@ class IngestConfig:
     max_dimension: int
     max_frames: int
     spool_bytes: int
+    spool_dir: Path | None  # big bodies are spooled under it; None: the system temp dir
     idle_timeout: float
     origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
 

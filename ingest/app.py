@@ -15,6 +15,7 @@ from common.problem import problem_middleware
 from config.schema import Config
 from ingest import handlers
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL, IngestMetrics
+from ingest.spooldir import SPOOL_DIR, claim
 from origin import Origin, open_origin, purgelog
 from transcode.pool import WorkerPool
 
@@ -60,6 +61,14 @@ def create_app(cfg: Config) -> web.Application:
             app[ORIGIN] = origin
             yield
 
+    async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
+        spool, removed = await asyncio.to_thread(claim, cfg.ingest.spool_dir)
+        if removed:
+            log.warning("removed the upload spool of %d ingest process(es) that died", removed)
+        app[SPOOL_DIR] = spool
+        yield
+        await asyncio.to_thread(spool.close)
+
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # The steps check the deadline cooperatively; past twice that, the worker is killed.
         t = cfg.transcode
@@ -82,7 +91,7 @@ def create_app(cfg: Config) -> web.Application:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    app.cleanup_ctx.extend([origin_ctx, pool_ctx, compaction_ctx])
+    app.cleanup_ctx.extend([origin_ctx, spool_ctx, pool_ctx, compaction_ctx])
 
     async def ready(app: web.Application) -> str | None:
         try:

@@ -23,6 +23,7 @@ from ingest import manifest as M
 from ingest.body import read_upload
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
+from ingest.spooldir import SPOOL_DIR
 from ingest.store import DamagedManifest, delete_image, load_manifest, store, unavailable
 from origin import purgelog
 from transcode.formats import sniff
@@ -74,7 +75,8 @@ async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     metrics = request.app[METRICS]
     require_bearer(request, _api_key(cfg), "API key")
-    body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes)
+    body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes,
+                             request.app[SPOOL_DIR].path)
     try:
         sniff(body.head)  # 415 before any decoding work
         origin = request.app[ORIGIN]

@@ -27,6 +27,7 @@ import pyvips
 from pebble import ProcessExpired, ProcessPool
 
 from common.errors import ServiceUnavailable, UnprocessableImage
+from transcode.orphan import exit_with_parent
 
 T = TypeVar("T")
 log = logging.getLogger("mediacdn.transcode.pool")
@@ -50,6 +51,7 @@ def _init_worker(log_level: str, parent: int) -> None:
     # cannot run while libvips is inside a C call, and the pool's channel stays locked
     # meanwhile, holding up every other worker's answer (measured: +2 s on the job beside).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_with_parent(parent)
     from common.logs import setup_logging
 
     setup_logging("ingest/transcode", log_level)  # pyvips logs through logging: JSON too
