@@ -30,15 +30,16 @@ from transcode.formats import sniff
 from transcode.job import transcode
 
 INFLIGHT = web.AppKey("inflight", dict)
-T = TypeVar("T")
-log = logging.getLogger("mediacdn.ingest")
 # Origin steps given up on: they finish cancelling in the background (an S3 client may
 # still abort a multipart upload), referenced here so they are not collected mid-way.
-_ABANDONED: set[asyncio.Task[Any]] = set()
+ABANDONED = web.AppKey("abandoned", set)
+T = TypeVar("T")
+log = logging.getLogger("mediacdn.ingest")
 
 
 def add_routes(app: web.Application) -> None:
     app[INFLIGHT] = {}
+    app[ABANDONED] = set()
     app.router.add_post("/v1/images", upload)
     app.router.add_get("/v1/images/{id}", get_manifest, allow_head=False)
     app.router.add_route("HEAD", "/v1/images/{id}", head_image)
@@ -81,7 +82,8 @@ async def upload(request: web.Request) -> web.Response:
         sniff(body.head)  # 415 before any decoding work
         origin = request.app[ORIGIN]
         try:
-            existing = await _within_deadline(cfg, "the lookup", load_manifest(origin, body.id))
+            existing = await _within_deadline(request.app, "the lookup",
+                                              load_manifest(origin, body.id))
         except DamagedManifest:
             existing = None  # the same bytes are here again: rebuild and rewrite it
         if existing is not None:
@@ -97,7 +99,7 @@ async def upload(request: web.Request) -> web.Response:
             header, ladder, seconds = await request.app[POOL].run(
                 transcode, body.source(), cfg.ingest, cfg.transcode)
             metrics.transcode_seconds.observe(seconds)
-            manifest = await _within_deadline(cfg, "the store",
+            manifest = await _within_deadline(request.app, "the store",
                                               store(origin, body, header, ladder))
             fut.set_result(manifest)
         except BaseException as exc:
@@ -113,11 +115,11 @@ async def upload(request: web.Request) -> web.Response:
         body.close()
 
 
-async def _within_deadline(cfg: Config, step: str, work: Awaitable[T]) -> T:
+async def _within_deadline(app: web.Application, step: str, work: Awaitable[T]) -> T:
     """`work` answered within the upload's origin deadline, else 503, whatever the origin
     does: a hung S3 holds a call for read_timeout x attempts, and a cancelled call may
     still await its own clean-up, so the answer does not wait for the cancellation."""
-    seconds = cfg.ingest.origin_deadline_seconds
+    seconds = app[CONFIG].ingest.origin_deadline_seconds
     task = asyncio.ensure_future(work)
     try:
         done, _ = await asyncio.wait({task}, timeout=seconds)
@@ -127,14 +129,15 @@ async def _within_deadline(cfg: Config, step: str, work: Awaitable[T]) -> T:
     if done:
         return task.result()
     task.cancel()
-    _ABANDONED.add(task)
-    task.add_done_callback(_forget)
+    abandoned: set[asyncio.Future[T]] = app[ABANDONED]
+    abandoned.add(task)
+    task.add_done_callback(abandoned.discard)
+    task.add_done_callback(_log_outcome)
     raise ServiceUnavailable(f"the origin did not finish {step} within {seconds:g} s; "
                              "retry the upload", headers={"Retry-After": "5"})
 
 
-def _forget(task: asyncio.Task[Any]) -> None:
-    _ABANDONED.discard(task)
+def _log_outcome(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.info("an abandoned origin step ended with %r", task.exception())
 
