@@ -27,7 +27,9 @@ def exit_with_parent(parent: int) -> None:
 
 
 def _death_signal() -> bool:
-    """Linux: the kernel kills us when our parent (the thread that spawned us) ends."""
+    """Linux: the kernel kills us when our parent ends. Strictly, when the *thread* that
+    spawned us ends: pebble spawns from the event loop's thread and from its own manager
+    thread, both as long-lived as the pool."""
     if not sys.platform.startswith("linux"):
         return False
     try:
