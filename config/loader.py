@@ -153,9 +153,11 @@ def _ingest(t: Table) -> IngestConfig:
         max_dimension=t.integer("max_dimension", 16384, lo=1, hi=65535),
         max_frames=t.integer("max_frames", 256, lo=1, hi=10_000),
         spool_bytes=t.integer("spool_bytes", 1024 * 1024, lo=0),
+        spool_dir=Path(d) if (d := t.text("spool_dir", None)) else None,
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
         purge_ack_seconds=t.number("purge_ack_seconds", 5.0, lo=0.0),
         log_poll_seconds=t.number("log_poll_seconds", 1.0, lo=0.05),
+        origin_deadline_seconds=t.number("origin_deadline_seconds", 10.0, lo=0.1),
     )
     t.done()
     return cfg
@@ -204,6 +206,8 @@ def _transcode(t: Table) -> TranscodeConfig:
         workers=t.integer("workers", 2, lo=1, hi=64),
         worker_max_jobs=t.integer("worker_max_jobs", 200, lo=1),
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
+        max_waiting=t.integer("max_waiting", 16, lo=0),
+        wait_seconds=t.number("wait_seconds", 10.0, lo=0.1),
     )
     t.done()
     return cfg

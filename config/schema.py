@@ -61,6 +61,8 @@ class TranscodeConfig:
     workers: int  # transcode worker processes
     worker_max_jobs: int  # a worker is replaced after this many images
     deadline_seconds: float
+    max_waiting: int  # uploads that may wait for a free worker; beyond, 503 + Retry-After
+    wait_seconds: float  # the longest an upload waits for a free worker
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:
@@ -80,9 +82,11 @@ class IngestConfig:
     max_dimension: int
     max_frames: int
     spool_bytes: int
+    spool_dir: Path | None  # big bodies are spooled under it; None: the system temp dir
     idle_timeout: float
     purge_ack_seconds: float  # how long a purge or delete waits for connected edges
     log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
+    origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from config.schema import Config
 from ingest import handlers, purges
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
 from ingest.purgehub import PurgeHub
+from ingest.spooldir import SPOOL_DIR, claim
 from origin import open_origin
 from transcode.pool import WorkerPool
 
@@ -48,17 +49,29 @@ def create_app(cfg: Config) -> web.Application:
             app[ORIGIN] = origin
             yield
 
+    async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
+        spool, removed = await asyncio.to_thread(claim, cfg.ingest.spool_dir)
+        if removed:
+            log.warning("removed the upload spool of %d ingest process(es) that died", removed)
+        app[SPOOL_DIR] = spool
+        yield
+        await asyncio.to_thread(spool.close)
+
     async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         # The steps check the deadline cooperatively; past twice that, the worker is killed.
-        pool = WorkerPool(cfg.transcode.workers, hard_timeout=2 * cfg.transcode.deadline_seconds,
-                          log_level=cfg.log_level, max_jobs=cfg.transcode.worker_max_jobs)
+        t = cfg.transcode
+        pool = WorkerPool(t.workers, hard_timeout=2 * t.deadline_seconds,
+                          log_level=cfg.log_level, max_jobs=t.worker_max_jobs,
+                          max_waiting=t.max_waiting, wait_seconds=t.wait_seconds)
         app[POOL] = pool
-        Gauge("mediacdn_ingest_worker_restarts", "Transcode worker pools restarted (a job "
-              "killed past its deadline, or a worker that died)", registry=registry
+        Gauge("mediacdn_ingest_worker_restarts", "Transcode workers replaced after a failure "
+              "(a job killed past its deadline, or a worker that died)", registry=registry
               ).set_function(lambda: pool.restarts)
+        Gauge("mediacdn_ingest_transcode_waiting", "Uploads waiting for a free transcode "
+              "worker", registry=registry).set_function(lambda: pool.waiting)
         await pool.start()
         yield
-        pool.close()
+        await asyncio.to_thread(pool.close)
 
     async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         hub = PurgeHub(app[ORIGIN], cfg.ingest.log_poll_seconds,
@@ -74,7 +87,7 @@ def create_app(cfg: Config) -> web.Application:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    app.cleanup_ctx.extend([origin_ctx, pool_ctx, hub_ctx])
+    app.cleanup_ctx.extend([origin_ctx, spool_ctx, pool_ctx, hub_ctx])
 
     async def ready(app: web.Application) -> str | None:
         try:

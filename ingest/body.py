@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from aiohttp import BodyPartReader, web
@@ -49,14 +50,15 @@ class Upload:
             self._file.close()
 
 
-def _new_spool_file() -> BinaryIO:
-    # Named, so a transcode worker process can open it; removed when closed.
-    return cast(BinaryIO, tempfile.NamedTemporaryFile(prefix="mediacdn-upload-"))
+def _new_spool_file(directory: Path | None) -> BinaryIO:
+    # Named, so a transcode worker process can open it; removed when closed. In this
+    # process's spool directory, so one left by a killed process is removed at next start.
+    return cast(BinaryIO, tempfile.NamedTemporaryFile(prefix="upload-", dir=directory))
 
 
 class _Spool:
-    def __init__(self, limit: int, threshold: int) -> None:
-        self.limit, self.threshold = limit, threshold
+    def __init__(self, limit: int, threshold: int, directory: Path | None) -> None:
+        self.limit, self.threshold, self.directory = limit, threshold, directory
         self.size = 0
         self.hasher = Hasher()
         self.buf = bytearray()
@@ -74,7 +76,7 @@ class _Spool:
 
     async def _flush(self) -> None:
         if self.file is None:
-            self.file = await asyncio.to_thread(_new_spool_file)
+            self.file = await asyncio.to_thread(_new_spool_file, self.directory)
         data, self.buf = bytes(self.buf), bytearray()
         await asyncio.to_thread(self.file.write, data)
 
@@ -96,11 +98,12 @@ class _Spool:
             self.file.close()
 
 
-async def read_upload(request: web.Request, limit: int, threshold: int) -> Upload:
+async def read_upload(request: web.Request, limit: int, threshold: int,
+                      spool_dir: Path | None = None) -> Upload:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Content-Length {declared} is over the limit of {limit} bytes")
-    spool = _Spool(limit, threshold)
+    spool = _Spool(limit, threshold, spool_dir)
     try:
         if request.content_type == "multipart/form-data":
             await _read_multipart(request, spool)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -20,15 +22,22 @@ from ingest.body import read_upload
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL
 from ingest.openapi import OPENAPI
 from ingest.purges import announce
+from ingest.spooldir import SPOOL_DIR
 from ingest.store import DamagedManifest, load_manifest, store
 from transcode.formats import sniff
 from transcode.job import transcode
 
 INFLIGHT = web.AppKey("inflight", dict)
+# Origin steps given up on: they finish cancelling in the background (an S3 client may
+# still abort a multipart upload), referenced here so they are not collected mid-way.
+ABANDONED = web.AppKey("abandoned", set)
+T = TypeVar("T")
+log = logging.getLogger("mediacdn.ingest")
 
 
 def add_routes(app: web.Application) -> None:
     app[INFLIGHT] = {}
+    app[ABANDONED] = set()
     app.router.add_post("/v1/images", upload)
     app.router.add_get("/v1/images/{id}", get_manifest, allow_head=False)
     app.router.add_route("HEAD", "/v1/images/{id}", head_image)
@@ -64,12 +73,14 @@ async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     metrics = request.app[METRICS]
     require_bearer(request, _api_key(cfg), "API key")
-    body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes)
+    body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes,
+                             request.app[SPOOL_DIR].path)
     try:
         sniff(body.head)  # 415 before any decoding work
         origin = request.app[ORIGIN]
         try:
-            existing = await load_manifest(origin, body.id)
+            existing = await _within_deadline(request.app, "the lookup",
+                                              load_manifest(origin, body.id))
         except DamagedManifest:
             existing = None  # the same bytes are here again: rebuild and rewrite it
         if existing is not None:
@@ -85,7 +96,8 @@ async def upload(request: web.Request) -> web.Response:
             header, ladder, seconds = await request.app[POOL].run(
                 transcode, body.source(), cfg.ingest, cfg.transcode)
             metrics.transcode_seconds.observe(seconds)
-            manifest = await store(origin, body, header, ladder)
+            manifest = await _within_deadline(request.app, "the store",
+                                              store(origin, body, header, ladder))
             await announce(request.app[HUB], body.id)  # edges drop 404s cached for it
             fut.set_result(manifest)
         except BaseException as exc:
@@ -99,6 +111,33 @@ async def upload(request: web.Request) -> web.Response:
         return _answer(cfg, manifest, 201)
     finally:
         body.close()
+
+
+async def _within_deadline(app: web.Application, step: str, work: Awaitable[T]) -> T:
+    """`work` answered within the upload's origin deadline, else 503, whatever the origin
+    does: a hung S3 holds a call for read_timeout x attempts, and a cancelled call may
+    still await its own clean-up, so the answer does not wait for the cancellation."""
+    seconds = app[CONFIG].ingest.origin_deadline_seconds
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except BaseException:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    abandoned: set[asyncio.Future[T]] = app[ABANDONED]
+    abandoned.add(task)
+    task.add_done_callback(abandoned.discard)
+    task.add_done_callback(_log_outcome)
+    raise ServiceUnavailable(f"the origin did not finish {step} within {seconds:g} s; "
+                             "retry the upload", headers={"Retry-After": "5"})
+
+
+def _log_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("an abandoned origin step ended with %r", task.exception())
 
 
 async def get_manifest(request: web.Request) -> web.Response:
