@@ -152,9 +152,32 @@ MEANING: dict[str, str] = {
     "edge.memory_object_bytes": "Objects larger than this are not kept in the hot tier.",
     "edge.negative_ttl": "Seconds a 404 for an unknown id or variant is remembered.",
     "edge.origin_timeout": "Seconds a miss may wait for its upstream fetch (then 504).",
-    "edge.purge_poll_seconds": "How often each edge reads new purge records from the origin.",
+    "edge.purge_poll_seconds": "Only while ingest cannot be reached: how often an edge reads "
+                               "new purge records from the origin's log instead.",
+    "edge.purge_follow_seconds": "How long one of an edge's long-polls to ingest's purge "
+                                 "stream waits for new records before asking again.",
     "edge.purge_retention_seconds": "Age after which the ingest compacts purge records; an "
-                                    "edge away longer drops its whole cache on return.",
+                                    "edge that missed compacted records drops its whole "
+                                    "cache on return.",
+    "edge.connection_buffer_bytes": "Unsent bytes a connection may hold before the edge "
+                                    "stops reading its further requests until the client "
+                                    "reads (a client that never reads cannot hoard memory).",
+    "edge.send_timeout": "Close a connection whose client takes no bytes for this long "
+                         "(TCP_USER_TIMEOUT on Linux).",
+    "origin.call_timeout": "Seconds for one S3 call, all of its max_attempts tries "
+                           "included.",
+    "ingest.spool_dir": "Where upload bodies over spool_bytes are spooled (one directory "
+                        "per ingest process, removed when it dies); default: the temp dir.",
+    "ingest.purge_ack_seconds": "How long a purge or delete waits for every connected edge "
+                                "to apply it before answering (the answer names the ones "
+                                "that had not).",
+    "ingest.log_poll_seconds": "How often ingest re-reads the purge log at the origin, for "
+                               "records other ingest replicas wrote.",
+    "ingest.origin_deadline_seconds": "Each step of an upload that talks to the origin "
+                                      "(lookup, store) finishes within this, else 503.",
+    "transcode.max_waiting": "Uploads that may wait for a free transcode worker; more get "
+                             "503 with Retry-After.",
+    "transcode.wait_seconds": "How long an upload may wait for a free worker before 503.",
     "edge.workers": "Processes per edge node, sharing its port (SO_REUSEPORT) and cache.",
     "edge.access_log": "`misses`: log misses and errors only; `all`: also every hit.",
     "edge.cors_allow_origin": '`"*"`, one origin (`https://example.com`), or `""` for no '
