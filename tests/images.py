@@ -118,12 +118,16 @@ ZIP = b"PK\x03\x04" + b"\x00" * 26 + b"hello"
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
 
 
-def noisy_jpeg(width: int = 1600, height: int = 1200) -> bytes:
-    """Incompressible pixels: a JPEG of a few MB, bigger than the upload spool threshold."""
+def noisy(width: int, height: int) -> Image.Image:
+    """Incompressible pixels."""
     import os
 
-    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
-    return jpeg(img)
+    return Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+
+
+def noisy_jpeg(width: int = 1600, height: int = 1200) -> bytes:
+    """A JPEG of a few MB, bigger than the upload spool threshold."""
+    return jpeg(noisy(width, height))
 
 
 def big_png(width: int = 2000, height: int = 1000) -> bytes:
@@ -158,8 +162,10 @@ def heic(img: Image.Image, exif: bytes | None = None, **save: object) -> bytes:
     import pillow_heif
 
     buf = io.BytesIO()
-    pillow_heif.from_pillow(img).save(buf, quality=80, **({"exif": exif} if exif else {}),
-                                      **save)
+    options: dict[str, object] = {"quality": 80, **save}
+    if exif:
+        options["exif"] = exif
+    pillow_heif.from_pillow(img).save(buf, **options)
     return buf.getvalue()
 
 

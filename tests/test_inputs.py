@@ -113,6 +113,30 @@ async def test_heic_alpha_is_kept_and_its_icc_profile_used(client: Client, cfg: 
     assert red[0] > 235 and red[1] < 30 and red[2] < 30, red
 
 
+async def test_heic_in_display_p3_stated_as_nclx_is_converted(client: Client,
+                                                              cfg: Config) -> None:
+    # No ICC profile: the colour space is given as H.273 code points (primaries 12 = P3).
+    p3 = _vips(images.p3_jpeg())
+    pil = Image.frombytes("RGB", (p3.width, p3.height), p3.write_to_memory())
+    data = images.heic(pil, color_primaries=12, transfer_characteristics=13,
+                       matrix_coefficients=6, full_range_flag=1)
+    status, body = await _upload(client, data)
+    assert status == 201, body
+    red = _vips(await _variant(cfg, body["id"], "w320", "jpg"))(10, 10)
+    assert red[0] > 235 and red[1] < 30 and red[2] < 30, red  # taken for sRGB: g ~ 50
+
+
+async def test_heic_bigger_than_the_spool_threshold_is_read_from_its_file(
+        client: Client, cfg: Config) -> None:
+    data = images.heic(images.noisy(1200, 1000), quality=90)
+    assert len(data) > cfg.ingest.spool_bytes
+    status, body = await _upload(client, data)
+    assert status == 201, body
+    assert (body["width"], body["height"]) == (1200, 1000)
+    img = _vips(await _variant(cfg, body["id"], "w640", "webp"))
+    assert (img.width, img.height) == (640, 533)
+
+
 async def test_multi_page_tiff_gives_the_first_page(client: Client, cfg: Config) -> None:
     status, body = await _upload(client, images.tiff_pages(3, (600, 300),
                                                            compression="tiff_deflate"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, BinaryIO
 
 import pillow_heif
@@ -82,7 +83,7 @@ def _decode_heif(fp: BinaryIO) -> tuple[pyvips.Image, bytes | None]:
     heif = pillow_heif.open_heif(fp, convert_hdr_to_8bit=True)
     primary = heif[heif.primary_index]
     icc = primary.info.get("icc_profile")
-    icc = bytes(icc) if isinstance(icc, bytes) and icc else None
+    icc = bytes(icc) if isinstance(icc, bytes) and icc else _nclx_profile(primary.info)
     width, height = primary.size
     bands = len(primary.mode)
     if primary.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -93,6 +94,25 @@ def _decode_heif(fp: BinaryIO) -> tuple[pyvips.Image, bytes | None]:
         return _from_pillow(primary.to_pillow()), icc
     img = pyvips.Image.new_from_memory(data, width, height, bands, "uchar")
     return _interpret(img), icc
+
+
+# ITU-T H.273 colour primaries 12: SMPTE EG 432-1, Display P3 (what iPhones shoot in).
+P3_PRIMARIES = 12
+
+
+def _nclx_profile(info: dict[str, Any]) -> bytes | None:
+    """A HEIF may state its colour space as nclx code points instead of an ICC profile: give
+    Display P3 its profile (libvips' built-in one), so it is not taken for sRGB."""
+    nclx = info.get("nclx_profile")
+    if isinstance(nclx, dict) and nclx.get("color_primaries") == P3_PRIMARIES:
+        return _p3_icc()
+    return None
+
+
+@cache
+def _p3_icc() -> bytes:
+    probe = pyvips.Image.black(1, 1, bands=3).copy(interpretation="srgb")
+    return bytes(probe.icc_transform("p3", input_profile="srgb").get("icc-profile-data"))
 
 
 def _decode_bmp(fp: BinaryIO) -> tuple[pyvips.Image, bytes | None]:
