@@ -335,3 +335,28 @@ async def test_readiness_costs_no_origin_request(net: Net) -> None:
                 break
         assert time.monotonic() - t0 < 8
         await asyncio.sleep(0.2)
+
+
+async def test_an_edge_started_with_the_origin_down_serves_its_cache_and_becomes_ready(
+        net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    path = paths_of(manifest)[0]
+    assert (await net.get(net.url("e1") + path))[:2] == (200, "MISS")
+    await net.edges["e1"].stop()
+    await net.proxy.stop()  # S3 away; ingest still holds the purge log's tail
+    await net.start_edge("e1")  # starts (no traceback, no exit) and catches up via ingest
+    assert (await net.get(net.url("e1") + path))[:2] == (200, "HIT")
+    async with net.http.get(net.url("e1") + "/readyz") as r:
+        body = await r.json()
+        assert r.status == 503 and body["media"] is True, body
+    await net.proxy.start()
+    t0 = time.monotonic()
+    while True:  # ready without a restart once the origin answers again
+        async with net.http.get(net.url("e1") + "/readyz") as r:
+            if r.status == 200:
+                break
+        assert time.monotonic() - t0 < 10, "never became ready"
+        await asyncio.sleep(0.2)
