@@ -71,6 +71,14 @@ def _tiff_declaring(data: bytes, width: int, height: int) -> bytes:
     return bytes(out)
 
 
+def _tiff_ifd_loop(data: bytes) -> bytes:
+    """The first IFD names itself as the next one: a reader that follows it never ends."""
+    out = bytearray(data)
+    ifd = struct.unpack_from("<I", out, 4)[0]
+    struct.pack_into("<I", out, ifd + 2 + 12 * struct.unpack_from("<H", out, ifd)[0], ifd)
+    return bytes(out)
+
+
 def _bmp_declaring(data: bytes, width: int, height: int) -> bytes:
     out = bytearray(data)
     struct.pack_into("<ii", out, 18, width, height)
@@ -93,6 +101,7 @@ def new_formats() -> list[tuple[str, bytes, int]]:
         ("tiff-declares-100000x100000", _tiff_declaring(tiff, 100_000, 100_000), 422),
         ("tiff-declares-more-than-it-holds", _tiff_declaring(tiff, 8000, 6000), 422),
         ("tiff-300-pages", images.tiff_pages(300, (8, 8)), 422),
+        ("tiff-ifd-loop", _tiff_ifd_loop(tiff), 201),  # the first page is whole: served
         ("tiff-60mp-of-zeros-deflated", images.encode(
             Image.new("L", (10_000, 6_000)), "TIFF", compression="tiff_deflate"), 422),
         ("bmp-declares-100000x100000", _bmp_declaring(bmp, 100_000, 100_000), 422),

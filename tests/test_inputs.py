@@ -171,14 +171,15 @@ HOSTILE = hostile.new_formats()
 
 
 @pytest.mark.parametrize(("name", "data", "status"), HOSTILE, ids=[h[0] for h in HOSTILE])
-async def test_hostile_heic_tiff_bmp_are_4xx_and_store_nothing(
+async def test_hostile_heic_tiff_bmp_get_their_answer_and_refusals_store_nothing(
         client: Client, cfg: Config, name: str, data: bytes, status: int) -> None:
     got, body = await _upload(client, data)
     assert got == status, (name, body)
-    assert body["detail"]
-    async with open_origin(cfg.origin) as o:
-        assert not [k for p in ("originals/", "variants/", "manifests/") for k in
-                    await o.list(p)]
+    if status >= 400:
+        assert body["detail"]
+        async with open_origin(cfg.origin) as o:
+            assert not [k for p in ("originals/", "variants/", "manifests/") for k in
+                        await o.list(p)]
 
 
 # -- colour ---------------------------------------------------------------------------------
