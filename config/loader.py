@@ -15,6 +15,8 @@ from config.schema import (
     EdgeNode,
     EdgeSettings,
     IngestConfig,
+    Listener,
+    Network,
     OriginConfig,
     Region,
     RouterConfig,
@@ -59,15 +61,16 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
 
 def parse_config(raw: object, environ: Mapping[str, str], path: Path) -> Config:
     root = Table(raw, "")
-    root.only("log_level", "secrets", "origin", "ingest", "transcode", "edge", "edges",
+    root.only("log_level", "tls_ca", "secrets", "origin", "ingest", "transcode", "edge", "edges",
               "regions", "router")
     log_level = root.text("log_level", "info", choices=LOG_LEVELS)
+    tls_ca = Path(ca) if (ca := root.text("tls_ca", None)) else None
     secrets = _secrets(root.table("secrets"), environ)
     origin = _origin(root.table("origin"), environ)
     ingest = _ingest(root.table("ingest"))
     transcode = _transcode(root.table("transcode"))
-    edge = _edge_settings(root.table("edge"))
-    edges = [_edge_node(t, edge) for t in root.tables("edges")]
+    edge, edge_listener = _edge_settings(root.table("edge"))
+    edges = [_edge_node(t, edge, edge_listener) for t in root.tables("edges")]
     regions = _regions(root.tables("regions"), edges)
     router = _router(root.table("router"), regions)
     root.done()
@@ -81,6 +84,7 @@ def parse_config(raw: object, environ: Mapping[str, str], path: Path) -> Config:
         regions=regions,
         router=router,
         log_level=log_level,
+        tls_ca=tls_ca,
     )
     _check_ports(cfg)
     return cfg
@@ -143,10 +147,12 @@ def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
 def _ingest(t: Table) -> IngestConfig:
     host = t.text("host", "127.0.0.1")
     port = t.integer("port", 8001, lo=0, hi=65535)
+    listener, url = _listener(t, host, port, Listener())
     cfg = IngestConfig(
         host=host,
         port=port,
-        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
+        url=url,
+        listener=listener,
         public_base_url=t.text("public_base_url", None) or "",
         max_bytes=t.integer("max_bytes", 50 * 1024 * 1024, lo=1),
         max_pixels=t.integer("max_pixels", 50_000_000, lo=1),
@@ -218,7 +224,7 @@ def _transcode(t: Table) -> TranscodeConfig:
     return cfg
 
 
-def _edge_settings(t: Table) -> EdgeSettings:
+def _edge_settings(t: Table) -> tuple[EdgeSettings, Listener]:
     cfg = EdgeSettings(
         cache_root=Path(t.text("cache_root", "var/cache")),
         cache_bytes=t.integer("cache_bytes", 1 << 30, lo=1 << 20),
@@ -235,9 +241,15 @@ def _edge_settings(t: Table) -> EdgeSettings:
         idle_timeout=t.number("idle_timeout", 20.0, lo=0.1),
         connection_buffer_bytes=t.integer("connection_buffer_bytes", 64 << 10, lo=1024),
         send_timeout=t.number("send_timeout", 30.0, lo=0.1),
+        trusted_proxies=_networks(t, "trusted_proxies"),
     )
+    # Defaults for every node: a shared certificate (a wildcard) and where the admin binds.
+    cert, key = _tls_paths(t)
+    defaults = Listener(tls_cert=cert, tls_key=key,
+                        admin_host=t.text("admin_host", "127.0.0.1"),
+                        trusted_proxies=cfg.trusted_proxies)
     t.done()
-    return cfg
+    return cfg, defaults
 
 
 def _cors(t: Table) -> str:
@@ -249,20 +261,23 @@ def _cors(t: Table) -> str:
     return value
 
 
-def _edge_node(t: Table, defaults: EdgeSettings) -> EdgeNode:
+def _edge_node(t: Table, defaults: EdgeSettings, listen: Listener) -> EdgeNode:
     t.only("name", "region", "host", "port", "url", "cache_dir", "cache_bytes", "memory_bytes",
-           "workers")
+           "workers", "tls_cert", "tls_key", "admin_host", "admin_port", "admin_url",
+           "trusted_proxies")
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
     host = t.text("host", "127.0.0.1")
     port = t.integer("port", lo=1, hi=65535)
+    listener, url = _listener(t, host, port, listen)
     node = EdgeNode(
         name=name,
         region=t.text("region"),
         host=host,
         port=port,
-        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
+        url=url,
+        listener=listener,
         cache_dir=Path(t.text("cache_dir", str(defaults.cache_root / name))),
         cache_bytes=t.integer("cache_bytes", defaults.cache_bytes, lo=1 << 20),
         memory_bytes=t.integer("memory_bytes", defaults.memory_bytes, lo=0),
@@ -327,10 +342,12 @@ def _router(t: Table, regions: tuple[Region, ...]) -> RouterConfig:
     default_region = t.text("default_region", regions[0].name)
     if default_region not in {r.name for r in regions}:
         raise ConfigError(t.key("default_region"), f"unknown region {default_region!r}")
+    listener, url = _listener(t, host, port, Listener())
     cfg = RouterConfig(
         host=host,
         port=port,
-        url=t.text("url", f"http://{host}:{port}").rstrip("/"),
+        url=url,
+        listener=listener,
         default_region=default_region,
         probe_interval=t.number("probe_interval", 1.0, lo=0.05),
         probe_timeout=t.number("probe_timeout", 0.5, lo=0.01),
@@ -339,6 +356,51 @@ def _router(t: Table, regions: tuple[Region, ...]) -> RouterConfig:
     )
     t.done()
     return cfg
+
+
+def _networks(t: Table, name: str) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for i, value in enumerate(t.texts(name, [])):
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ConfigError(f"{t.key(name)}[{i}]", f"is not an address or CIDR: {value!r}"
+                              ) from None
+    return tuple(out)
+
+
+def _tls_paths(t: Table, defaults: Listener = Listener()) -> tuple[Path | None, Path | None]:
+    cert, key = t.text("tls_cert", None), t.text("tls_key", None)
+    if (cert is None) != (key is None):
+        raise ConfigError(t.key("tls_key" if key is None else "tls_cert"),
+                          "is required with " + ("tls_cert" if key is None else "tls_key"))
+    if cert is None:
+        return defaults.tls_cert, defaults.tls_key
+    return Path(cert), Path(key)
+
+
+def _listener(t: Table, host: str, port: int, defaults: Listener) -> tuple[Listener, str]:
+    """The service's TLS, admin listener and trusted proxies, and its URL (https:// with
+    TLS: a given http:// URL is refused rather than silently wrong)."""
+    cert, key = _tls_paths(t, defaults)
+    scheme = "https" if cert is not None else "http"
+    url = t.text("url", f"{scheme}://{host}:{port}").rstrip("/")
+    if not url.startswith(f"{scheme}://"):
+        raise ConfigError(t.key("url"), f"must start with {scheme}:// "
+                          + ("(tls_cert is set)" if cert else "(no tls_cert)"))
+    admin_host = t.text("admin_host", defaults.admin_host)
+    admin_port = t.integer("admin_port", None, lo=1, hi=65535)
+    if admin_port is not None and admin_port == port:
+        raise ConfigError(t.key("admin_port"), "must differ from port")
+    admin_url = t.text("admin_url", None)
+    if admin_url is None:
+        admin_url = f"{scheme}://{admin_host}:{admin_port}" if admin_port else url
+    elif not admin_url.startswith(f"{scheme}://"):
+        raise ConfigError(t.key("admin_url"), f"must start with {scheme}://")
+    proxies = _networks(t, "trusted_proxies")
+    if not t.has("trusted_proxies"):  # an edge node: the [edge] table's list
+        proxies = defaults.trusted_proxies
+    return Listener(cert, key, admin_host, admin_port, admin_url.rstrip("/"), proxies), url
 
 
 def _with_public_base(ingest: IngestConfig, router: RouterConfig) -> IngestConfig:
@@ -352,6 +414,10 @@ def _check_ports(cfg: Config) -> None:
     entries = [("ingest.port", cfg.ingest.host, cfg.ingest.port)]
     entries.append(("router.port", cfg.router.host, cfg.router.port))
     entries += [(f"edges.{e.name}.port", e.host, e.port) for e in cfg.edges]
+    listeners = [("ingest", cfg.ingest.listener), ("router", cfg.router.listener)]
+    listeners += [(f"edges.{e.name}", e.listener) for e in cfg.edges]
+    entries += [(f"{key}.admin_port", ls.admin_host, ls.admin_port)
+                for key, ls in listeners if ls.admin_port is not None]
     for key, host, port in entries:
         if port == 0:  # 0 = any free port, chosen at bind time (tests)
             continue

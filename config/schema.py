@@ -10,6 +10,23 @@ from typing import Literal
 FORMATS = ("avif", "webp", "jpg")
 OriginKind = Literal["fs", "s3"]
 CropMode = Literal["none", "centre", "attention"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Listener:
+    """How one service is reached: TLS on its port, and its admin surface apart."""
+
+    tls_cert: Path | None = None  # PEM; with tls_key, the port speaks HTTPS only
+    tls_key: Path | None = None
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None  # set: /_admin/*, /metrics, /_internal/* only there
+    admin_url: str = ""  # where mediacdn's clients reach the admin surface ("": url)
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For is believed
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,7 @@ class IngestConfig:
     purge_ack_seconds: float  # how long a purge or delete waits for connected edges
     log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
     origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
+    listener: Listener = Listener()
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ class EdgeSettings:
     # response).
     connection_buffer_bytes: int
     send_timeout: float  # drop a connection whose client takes nothing for this long
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +144,7 @@ class EdgeNode:
     cache_bytes: int
     memory_bytes: int
     workers: int
+    listener: Listener = Listener()
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,7 @@ class RouterConfig:
     probe_timeout: float
     fall: int
     rise: int
+    listener: Listener = Listener()
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,7 @@ class Config:
     regions: tuple[Region, ...]
     router: RouterConfig
     log_level: str
+    tls_ca: Path | None = None  # CA bundle mediacdn's own clients verify with (None: system)
 
     @property
     def edges(self) -> tuple[EdgeNode, ...]:

@@ -191,7 +191,7 @@ MEANING: dict[str, str] = {
     "edges[].port": "Port the node binds.",
     "edges[].region": "Name of its `[[regions]]`.",
     "edges[].url": "Where browsers and the other edges reach it: redirects point here. "
-                   "Default `http://{host}:{port}`.",
+                   "Default `http(s)://{host}:{port}`.",
     "edges[].cache_dir": "Its disk cache directory. Default `{edge.cache_root}/{name}`.",
     "edges[].cache_bytes": "Default `edge.cache_bytes`.",
     "edges[].memory_bytes": "Default `edge.memory_bytes`.",
@@ -211,11 +211,40 @@ MEANING: dict[str, str] = {
     "router.probe_timeout": "Seconds a probe may take.",
     "router.fall": "Failed probes in a row that mark an edge down.",
     "router.rise": "Good probes in a row that mark it up again.",
+    "tls_ca": "CA bundle (PEM) that mediacdn's own clients (edge to edge and to ingest, "
+              "router probes, the CLI) verify HTTPS services with. Default: the system "
+              "store.",
 }
+_SERVICES = {"ingest": "the ingest API", "router": "the router", "edge": "every edge node",
+             "edges[]": "this edge node"}
+for _svc, _what in _SERVICES.items():
+    MEANING[f"{_svc}.tls_cert"] = (
+        f"PEM certificate (chain) of {_what}; with `tls_key` its port speaks HTTPS only and "
+        "its `url` starts with `https://`. Reloaded on SIGHUP (new connections get the new "
+        "one; open ones keep going)." + (" Default `edge.tls_cert`." if _svc == "edges[]"
+                                         else ""))
+    MEANING[f"{_svc}.tls_key"] = "PEM private key for `tls_cert`."
+    MEANING[f"{_svc}.admin_host"] = (f"Address the admin listener of {_what} binds "
+                                      "(loopback by default).")
+    if _svc != "edge":
+        MEANING[f"{_svc}.admin_port"] = (
+            f"Set: `/_admin/*`, `/metrics` and `/_internal/*` of {_what} are served on this "
+            "port only (404 on the public port). Unset: on the public port.")
+        MEANING[f"{_svc}.admin_url"] = (
+            "Where mediacdn's clients reach the admin listener (the CLI, and edges for "
+            "ingest's purge stream). Default `{scheme}://{admin_host}:{admin_port}`, or `url` "
+            "without an admin_port.")
+    MEANING[f"{_svc}.trusted_proxies"] = (
+        "Addresses or CIDRs of load balancers in front of " + _what + ": only from these "
+        "are `X-Forwarded-For` / `Forwarded` believed for the client address (the right-most "
+        "address not itself trusted). Empty: the headers are ignored."
+        + (" Default `edge.trusted_proxies`." if _svc == "edges[]" else ""))
 # Defaults computed from other keys: shown as the rule, not as the minimal config's value.
 DERIVED = {"ingest.url", "ingest.public_base_url", "edges[].url", "edges[].cache_dir",
            "edges[].cache_bytes", "edges[].memory_bytes", "edges[].workers",
-           "router.default_region", "router.url", "transcode.variants"}
+           "router.default_region", "router.url", "transcode.variants", "ingest.admin_url",
+           "router.admin_url", "edges[].admin_url", "edges[].tls_cert", "edges[].tls_key",
+           "edges[].admin_host", "edges[].trusted_proxies"}
 
 
 def _section(path: str) -> str:
