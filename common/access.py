@@ -6,14 +6,26 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from common.forwarded import client_address
 from common.problem import Handler
+from config.schema import Network
 
 log = logging.getLogger("mediacdn.access")
 
 
-@web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def access_log(trusted: tuple[Network, ...]) -> Middleware:  # aiohttp's own middleware type
+    """The line names the client behind `trusted` proxies (common/forwarded.py)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _logged(request, handler, trusted)
+    return middleware
+
+
+async def _logged(request: web.Request, handler: Handler,
+                  trusted: tuple[Network, ...]) -> web.StreamResponse:
     t0 = time.perf_counter()
     status = 500
     try:
@@ -27,4 +39,5 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s %d", request.method, request.path, status, extra={
                 "method": request.method, "path": request.path, "status": status,
-                "ms": round((time.perf_counter() - t0) * 1000, 2), "remote": request.remote})
+                "ms": round((time.perf_counter() - t0) * 1000, 2),
+                "remote": client_address(request, trusted)})

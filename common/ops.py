@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from common.problem import with_problems
+from common.problem import Handler, with_problems
 
 ReadyCheck = Callable[[web.Application], Awaitable[str | None]]
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -16,7 +16,8 @@ READY_CHECK = web.AppKey("ready_check", object)
 
 
 def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: ReadyCheck,
-                   serving: Callable[[web.Application], bool] | None = None) -> None:
+                   serving: Callable[[web.Application], bool] | None = None,
+                   admin: Callable[[Handler], Handler] = lambda h: h) -> None:
     """`serving`: whether the service answers its main requests even while not ready (an
     edge with its origin away still serves its cache); /readyz says so as `"media"`, so
     a router can tell "degraded" from "refuses everything"."""
@@ -43,4 +44,4 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
 
     app.router.add_get("/healthz", with_problems(healthz))
     app.router.add_get("/readyz", with_problems(readyz))
-    app.router.add_get("/metrics", with_problems(metrics))
+    app.router.add_get("/metrics", with_problems(admin(metrics)))

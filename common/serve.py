@@ -11,7 +11,10 @@ import sys
 
 from aiohttp import web
 
+from common import tls
 from common.backpressure import drop_stalled_clients
+from common.errors import ConfigError
+from config.schema import PLAIN, Listener
 
 log = logging.getLogger("mediacdn.serve")
 
@@ -28,20 +31,34 @@ def announce(service: str, name: str, url: str) -> None:
 IDLE_TIMEOUT = 20.0
 
 
-async def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+async def listen(host: str, port: int, reuse_port: bool = False,
+                 key: str = "port") -> socket.socket:
+    """A listening socket; a port in use is a config error naming `key` (one line, exit 2,
+    so a second `mediacdn up` stops instead of restarting in a loop)."""
     loop = asyncio.get_running_loop()
-    family = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=1024,
-                                reuse_port=reuse_port)
+    try:
+        family = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=1024,
+                                    reuse_port=reuse_port)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot listen on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def config_key(service: str, name: str) -> str:
+    return f"edges.{name}" if service == "edge" else service
 
 
 async def serve(app: web.Application, *, service: str, name: str, host: str, port: int,
                 sock: socket.socket | None = None, reuse_port: bool = False,
                 shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT,
-                send_timeout: float | None = None) -> None:
-    """`send_timeout`: drop connections whose client takes nothing for that long."""
+                send_timeout: float | None = None, listener: Listener = PLAIN) -> None:
+    """`send_timeout`: drop connections whose client takes nothing for that long.
+    `listener`: TLS (reloaded on SIGHUP) and the admin listener, when configured."""
+    key = config_key(service, name)
+    ssl_ctx = tls.server_context(listener, key)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            keepalive_timeout=idle_timeout)
     # Handlers first: a SIGTERM right after the announce must drain, not kill.
@@ -49,16 +66,25 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if ssl_ctx is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload, ssl_ctx, listener)
     await runner.setup()
     try:
         # Our own listening socket, so that its options reach every accepted connection.
-        sock = sock or await listen(host, port, reuse_port)
+        sock = sock or await listen(host, port, reuse_port, f"{key}.port")
         if send_timeout is not None:
             drop_stalled_clients(sock, send_timeout)
-        site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout)
+        site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout,
+                            ssl_context=ssl_ctx)
         await site.start()
+        if listener.admin_port is not None:
+            admin = await listen(listener.admin_host, listener.admin_port, reuse_port,
+                                 f"{key}.admin_port")
+            await web.SockSite(runner, admin, shutdown_timeout=shutdown_timeout,
+                               ssl_context=ssl_ctx).start()
         bound = runner.addresses[0]
-        announce(service, name, f"http://{bound[0]}:{bound[1]}")
+        scheme = "https" if ssl_ctx is not None else "http"
+        announce(service, name, f"{scheme}://{bound[0]}:{bound[1]}")
         log.info("%s %s listening on %s:%s", service, name, bound[0], bound[1])
         await stop.wait()
         log.info("%s %s draining", service, name)

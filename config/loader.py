@@ -11,6 +11,7 @@ from pathlib import Path
 from common.errors import ConfigError
 from config.schema import (
     FORMATS,
+    PLAIN,
     Config,
     EdgeNode,
     EdgeSettings,
@@ -369,7 +370,7 @@ def _networks(t: Table, name: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def _tls_paths(t: Table, defaults: Listener = Listener()) -> tuple[Path | None, Path | None]:
+def _tls_paths(t: Table, defaults: Listener = PLAIN) -> tuple[Path | None, Path | None]:
     cert, key = t.text("tls_cert", None), t.text("tls_key", None)
     if (cert is None) != (key is None):
         raise ConfigError(t.key("tls_key" if key is None else "tls_cert"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +27,9 @@ class Listener:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+
+PLAIN = Listener()  # plain HTTP, no admin listener, no trusted proxies
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class IngestConfig:
     purge_ack_seconds: float  # how long a purge or delete waits for connected edges
     log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
     origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
-    listener: Listener = Listener()
+    listener: Listener = field(default_factory=Listener)
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class EdgeNode:
     cache_bytes: int
     memory_bytes: int
     workers: int
-    listener: Listener = Listener()
+    listener: Listener = field(default_factory=Listener)
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class RouterConfig:
     probe_timeout: float
     fall: int
     rise: int
-    listener: Listener = Listener()
+    listener: Listener = field(default_factory=Listener)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from common.backpressure import SendLimits
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
 from common.problem import from_error, with_problems
+from common.surface import admin_guard
+from common.tls import client_context
 from config.schema import Config, EdgeNode
 from edge import admin, handlers
 from edge.disk import NoDiskTier
@@ -47,12 +49,15 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app[STATS] = stats
     limits = SendLimits(cfg.edge.connection_buffer_bytes)
     media = handlers.MediaHandler(stats, cfg.transcode, run, limits,
-                                  log_hits=cfg.edge.access_log == "all")
+                                  log_hits=cfg.edge.access_log == "all",
+                                  tls=node.listener.tls,
+                                  trusted=node.listener.trusted_proxies)
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with open_origin(cfg.origin) as origin, aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=64, ssl=client_context(cfg.tls_ca)),
+            auto_decompress=False
         ) as session:
             cache = EdgeCache(cfg, node, origin, stats, worker)
             cache.session = session
@@ -64,7 +69,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
             tasks = [asyncio.create_task(_housekeeping_forever(cache))]
             if worker == 0:  # one follower per node; the other workers read its journal
                 follower = Follower(cache, FollowerSettings(
-                    node.name, node.region, cfg.ingest.url, cfg.secrets.admin_token,
+                    node.name, node.region, cfg.ingest.listener.admin_url, cfg.secrets.admin_token,
                     cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
                     cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
                 app[FOLLOWER] = follower
@@ -102,9 +107,11 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app.router.add_get("/i/{id}/{name}", media.handle)
     app.router.add_route("*", "/i/{id}/{name}",
                          handlers.Preflight(cfg.edge.cors_allow_origin).handle)
-    add_ops_routes(app, registry, ready, serving=lambda app: app[CACHE].journal.ready_run == run)
-    app.router.add_post("/_admin/purge", with_problems(admin.purge))
-    app.router.add_get("/_admin/stats", with_problems(admin.stats))
+    guard = admin_guard(node.listener)
+    add_ops_routes(app, registry, ready, serving=lambda app: app[CACHE].journal.ready_run == run,
+                   admin=guard)
+    app.router.add_post("/_admin/purge", with_problems(guard(admin.purge)))
+    app.router.add_get("/_admin/stats", with_problems(guard(admin.stats)))
     app.router.add_get("/openapi.json", with_problems(_openapi))
     # Any path at all, newlines included ("." would not match an encoded %0A).
     app.router.add_route("*", r"/{tail:[\s\S]*}", _not_found)

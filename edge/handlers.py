@@ -17,14 +17,15 @@ from aiohttp import web
 
 from common.backpressure import SendLimits
 from common.errors import MediaCDNError, ServiceUnavailable
+from common.forwarded import client_address
 from common.problem import from_error
-from config.schema import TranscodeConfig
+from config.schema import Network, TranscodeConfig
 from edge.entry import cors_headers
 from edge.node import EdgeCache
 from edge.paths import resolve
 from edge.peer import PEER_HEADER
 from edge.respond import respond
-from edge.sendfile import HotResponse
+from edge.sendfile import HotResponse, TlsHotResponse
 from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
@@ -33,13 +34,17 @@ OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 class MediaHandler:
     def __init__(self, stats: EdgeStats, transcode: TranscodeConfig, run: int,
-                 limits: SendLimits, log_hits: bool = False) -> None:
+                 limits: SendLimits, log_hits: bool = False, tls: bool = False,
+                 trusted: tuple[Network, ...] = ()) -> None:
         self.stats = stats
         self.transcode = transcode
         self.run = run  # media is served once the node's follower caught up in this run
         self.caught_up = False
         self.limits = limits
         self.log_hits = log_hits  # misses and errors are always logged
+        # Chosen once: a TLS port must never sendfile (edge/sendfile.py).
+        self.hot_response = TlsHotResponse if tls else HotResponse
+        self.trusted = trusted  # proxies whose X-Forwarded-For names the client in logs
         # Set when the app starts (it lives in its cleanup context).
         self.cache: EdgeCache | None = None
 
@@ -60,8 +65,9 @@ class MediaHandler:
                     stats.bytes_served += hot.size
                 if self.log_hits:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
-                             extra={"status": 200, "cache": "HIT", "bytes": hot.size})
-                return HotResponse(hot, int(time.time()), self.limits)
+                             extra={"status": 200, "cache": "HIT", "bytes": hot.size,
+                                    "remote": client_address(request, self.trusted)})
+                return self.hot_response(hot, int(time.time()), self.limits)
         if request.transport is not None:  # aiohttp writes what we return: at our mark
             self.limits.mark(request.transport)
         return await self.full(request, cache)
@@ -90,18 +96,20 @@ class MediaHandler:
             if exc.status >= 500:
                 stats.errors += 1
                 log.warning("%s %s -> %d %s", request.method, request.path, exc.status,
-                            exc.detail)
+                            exc.detail, extra={"remote": client_address(request, self.trusted)})
             stats.responses[(exc.status, "NONE")] += 1
             return from_error(exc)
         if hit:
             stats.hits += 1
             if self.log_hits:
                 log.info("%s %s -> %d HIT", request.method, request.path, resp.status,
-                         extra={"status": resp.status, "cache": "HIT", "bytes": entry.size})
+                         extra={"status": resp.status, "cache": "HIT", "bytes": entry.size,
+                                "remote": client_address(request, self.trusted)})
         else:
             stats.misses += 1
             log.info("%s %s -> %d MISS", request.method, request.path, resp.status,
-                     extra={"status": resp.status, "cache": "MISS", "bytes": entry.size})
+                     extra={"status": resp.status, "cache": "MISS", "bytes": entry.size,
+                            "remote": client_address(request, self.trusted)})
         if request.method == "GET" and isinstance(resp.body, bytes):
             stats.bytes_served += len(resp.body)
         stats.responses[(resp.status, "HIT" if hit else "MISS")] += 1

@@ -10,6 +10,8 @@ thread pool there (measured). Two ways out, fastest first:
   aiohttp's connection loop only calls prepare() and write_eof() and reads keep_alive,
   all public, so this class overrides those rather than touching aiohttp's internals.
 - Otherwise aiohttp writes the headers as usual, then the same sendfile.
+- With TLS on the node (TlsHotResponse), never sendfile: the body goes through the SSL
+  transport in the same pieces.
 
 Whatever the socket does not take right away goes through the transport in pieces of
 `buffer_bytes`, waiting for the client between them (common/backpressure.py), so a
@@ -44,6 +46,10 @@ def _sendfile(transport: asyncio.Transport, hot: HotEntry) -> int:
 
 
 class HotResponse(web.StreamResponse):
+    # How much of the body the kernel sends straight from the memfd (0: all through the
+    # transport). A class attribute: the TLS subclass chooses once, no check per hit.
+    _kernel_send = staticmethod(_sendfile)
+
     def __init__(self, hot: HotEntry, now: int, limits: SendLimits) -> None:
         super().__init__(status=200)
         self._hot = hot
@@ -85,7 +91,7 @@ class HotResponse(web.StreamResponse):
                     and transport.get_extra_info("socket") is not None):
                 self._pre_rendered = True
                 transport.write(hot.hit_head(self._now))
-                sent = _sendfile(transport, hot)
+                sent = self._kernel_send(transport, hot)
                 if sent < hot.size:  # the socket is full: the rest waits for the client
                     await self._send_rest(request, transport, sent)
                 return None
@@ -114,6 +120,17 @@ class HotResponse(web.StreamResponse):
             await super().write_eof()
             return writer
         writer.send_headers()
-        await self._send_rest(request, transport, _sendfile(transport, hot))
+        await self._send_rest(request, transport, self._kernel_send(transport, hot))
         await super().write_eof()
         return writer
+
+
+def _never(transport: asyncio.Transport, hot: HotEntry) -> int:
+    return 0
+
+
+class TlsHotResponse(HotResponse):
+    """On a TLS port the socket carries ciphertext: sendfile(2) to it would put the plain
+    bytes on the wire (and break the stream). Every byte goes through the transport."""
+
+    _kernel_send = staticmethod(_never)

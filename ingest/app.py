@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from common.access import access_log_middleware
+from common.access import access_log
 from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
+from common.surface import admin_guard
 from config.schema import Config
 from ingest import handlers, purges
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
@@ -38,7 +39,8 @@ def _metrics(registry: CollectorRegistry) -> IngestMetrics:
 
 
 def create_app(cfg: Config) -> web.Application:
-    app = web.Application(middlewares=[access_log_middleware, problem_middleware],
+    app = web.Application(middlewares=[access_log(cfg.ingest.listener.trusted_proxies),
+                                       problem_middleware],
                           client_max_size=cfg.ingest.max_bytes)
     app[CONFIG] = cfg
     registry = CollectorRegistry()
@@ -96,7 +98,8 @@ def create_app(cfg: Config) -> web.Application:
             return f"origin: {exc}"
         return None
 
-    add_ops_routes(app, registry, ready)
+    guard = admin_guard(cfg.ingest.listener)
+    add_ops_routes(app, registry, ready, admin=guard)
     handlers.add_routes(app)
-    purges.add_routes(app)
+    purges.add_routes(app, guard)
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from common.errors import (
     ServiceUnavailable,
 )
 from common.hashing import is_content_id
+from common.problem import Handler
 from config.schema import Config
 from ingest.keys import CONFIG, HUB, ORIGIN
 from ingest.purgehub import Gone, PurgeHub
@@ -44,11 +46,11 @@ MAX_IDS = 10_000
 MAX_WAIT_SECONDS = 60.0
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> None:
     app.router.add_post("/v1/purges", purge)
     app.router.add_delete("/v1/images/{id}", delete)
     app.router.add_get("/v1/purges/{seq}", status)
-    app.router.add_get("/_internal/purges", follow)
+    app.router.add_get("/_internal/purges", admin(follow))
 
 
 def _admin(request: web.Request) -> Config:

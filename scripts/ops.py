@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from common.hashing import Hasher
+from common.tls import client_context
 from config import Config, EdgeNode, load_config
 from edge.rendezvous import owner
 from scripts.cli import EXIT_FAILED, EXIT_OK, UsageError, environ
@@ -26,6 +27,12 @@ Result = dict[str, Any]
 
 def _cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config, environ())
+
+
+def _session(cfg: Config, timeout: aiohttp.ClientTimeout = TIMEOUT) -> aiohttp.ClientSession:
+    """Verifies HTTPS services with the config's CA bundle (tls_ca), else the system's."""
+    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(
+        ssl=client_context(cfg.tls_ca)))
 
 
 def _token(cfg: Config, admin: bool) -> str:
@@ -117,9 +124,10 @@ async def purge_everywhere(cfg: Config, edges: list[EdgeNode], ids: list[str],
         body["region"] = region
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS + cfg.ingest.purge_ack_seconds,
                                     connect=CONNECT_SECONDS)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with _session(cfg, timeout) as session:
         try:
-            _, answer = await _ingest_call(session, "POST", f"{cfg.ingest.url}/v1/purges",
+            _, answer = await _ingest_call(session, "POST",
+                                           f"{cfg.ingest.listener.admin_url}/v1/purges",
                                            token, body)
         except (IngestRefused, aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = str(exc) if isinstance(exc, IngestRefused) else _fail(exc)
@@ -148,12 +156,13 @@ async def _delete(cfg: Config, ids: list[str]) -> list[Result]:
     last_seq = 0
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS + cfg.ingest.purge_ack_seconds,
                                     connect=CONNECT_SECONDS)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    admin_url = cfg.ingest.listener.admin_url
+    async with _session(cfg, timeout) as session:
         for image_id in ids:
             result: Result = {"target": image_id, "id": image_id, "ok": False}
             try:
                 _, headers = await _ingest_call(
-                    session, "DELETE", f"{cfg.ingest.url}/v1/images/{image_id}", token)
+                    session, "DELETE", f"{admin_url}/v1/images/{image_id}", token)
                 result["ok"] = True
                 last_seq = max(last_seq, int(headers.get("X-Purge-Seq", "0")))
             except IngestRefused as exc:
@@ -164,7 +173,7 @@ async def _delete(cfg: Config, ids: list[str]) -> list[Result]:
         if last_seq:  # records are applied in order: the last one speaks for all
             try:
                 _, answer = await _ingest_call(
-                    session, "GET", f"{cfg.ingest.url}/v1/purges/{last_seq}", token)
+                    session, "GET", f"{admin_url}/v1/purges/{last_seq}", token)
             except (IngestRefused, aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = str(exc) if isinstance(exc, IngestRefused) else _fail(exc)
                 return [*results, {"target": "ingest", "ok": False, "error": error}]
@@ -193,7 +202,7 @@ async def _stats(cfg: Config, edges: list[EdgeNode]) -> list[Result]:
     async def one(session: aiohttp.ClientSession, e: EdgeNode) -> Result:
         result: Result = {"target": e.name, "edge": e.name, "region": e.region, "ok": False}
         try:
-            async with session.get(f"{e.url}/_admin/stats",
+            async with session.get(f"{e.listener.admin_url}/_admin/stats",
                                    headers={"Authorization": f"Bearer {token}"}) as r:
                 if r.status == 200:
                     result.update(ok=True, stats=await r.json())
@@ -203,7 +212,7 @@ async def _stats(cfg: Config, edges: list[EdgeNode]) -> list[Result]:
             result["error"] = _fail(exc)
         return result
 
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    async with _session(cfg) as session:
         return list(await asyncio.gather(*(one(session, e) for e in edges)))
 
 
@@ -242,7 +251,7 @@ async def _warm(cfg: Config, ids: list[str], region: str | None) -> list[Result]
     paths = [f"/i/{i}/{v.name}.{f}" for i in ids for v in cfg.transcode.variants
              for f in cfg.transcode.formats]
     results: list[Result] = []
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    async with _session(cfg) as session:
         for r in regions:
             for image_id in ids:
                 edge = owner(r.edges, image_id)
@@ -296,8 +305,7 @@ async def _upload(cfg: Config, files: list[str], progress: bool) -> list[Result]
     key = _token(cfg, admin=False)
     auth = {"Authorization": f"Bearer {key}"}
     results: list[Result] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300,
-                                                                   connect=2)) as session:
+    async with _session(cfg, aiohttp.ClientTimeout(total=300, connect=2)) as session:
         for n, name in enumerate(files, 1):
             if progress:
                 sys.stderr.write(f"\r[{n}/{len(files)}] {name[-50:]:<50}")

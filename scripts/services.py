@@ -29,7 +29,8 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     setup_logging("ingest", cfg.log_level)
     uvloop.run(serve(create_app(cfg), service="ingest", name="ingest", host=cfg.ingest.host,
-                     port=cfg.ingest.port, idle_timeout=cfg.ingest.idle_timeout))
+                     port=cfg.ingest.port, idle_timeout=cfg.ingest.idle_timeout,
+                     listener=cfg.ingest.listener))
     return 0
 
 
@@ -58,7 +59,8 @@ def run_edge(args: argparse.Namespace) -> int:
                   cfg.log_level)
     uvloop.run(serve(create_app(cfg, node, worker, run), service="edge", name=node.name,
                      host=node.host, port=node.port, reuse_port=node.workers > 1,
-                     idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout))
+                     idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout,
+                     listener=node.listener))
     return 0
 
 
@@ -68,7 +70,7 @@ def run_router(args: argparse.Namespace) -> int:
 
     setup_logging("router", cfg.log_level)
     uvloop.run(serve(create_app(cfg), service="router", name="router", host=cfg.router.host,
-                     port=cfg.router.port))
+                     port=cfg.router.port, listener=cfg.router.listener))
     return 0
 
 

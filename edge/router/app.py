@@ -10,9 +10,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from common.errors import BadRequest, NotFound
+from common.forwarded import client_address
 from common.hashing import is_content_id
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
+from common.surface import admin_guard
+from common.tls import client_context
 from config.schema import Config
 from edge.paths import parse_name
 from edge.router.choose import decide, nearest_first
@@ -27,12 +30,18 @@ ROUTED = web.AppKey("routed", Counter)
 COUNTRY_HEADER = "X-Client-Country"
 
 
+def _client(request: web.Request) -> str | None:
+    """?ip= (to ask about an address), else the client behind trusted proxies."""
+    return request.query.get("ip") or client_address(
+        request, request.app[CONFIG].router.listener.trusted_proxies)
+
+
 def _region_choice(request: web.Request) -> RegionChoice:
     cfg = request.app[CONFIG]
     return choose_region(cfg, param=request.query.get("region"),
                          country=request.headers.get(COUNTRY_HEADER) or request.query.get(
                              "country"),
-                         client_ip=request.query.get("ip") or request.remote)
+                         client_ip=_client(request))
 
 
 async def redirect(request: web.Request) -> web.Response:
@@ -61,7 +70,7 @@ async def route(request: web.Request) -> web.Response:
         raise BadRequest("id must be 64 lowercase hex characters")
     decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
                       request.app[NEAREST])
-    return web.json_response(decision.explain(image_id))
+    return web.json_response({**decision.explain(image_id), "client": _client(request)})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -77,7 +86,8 @@ def create_app(cfg: Config) -> web.Application:
                           ["region"], registry=registry)
 
     async def health_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=client_context(cfg.tls_ca))
+        async with aiohttp.ClientSession(connector=connector) as session:
             monitor = HealthMonitor(cfg.edges, cfg.router, session)
             app[HEALTH] = monitor
             await monitor.initial()
@@ -93,7 +103,7 @@ def create_app(cfg: Config) -> web.Application:
             return "no healthy edge"
         return None
 
-    add_ops_routes(app, registry, ready)
+    add_ops_routes(app, registry, ready, admin=admin_guard(cfg.router.listener))
     app.router.add_get("/i/{id}/{name}", redirect)
     app.router.add_get("/v1/route", route)
     app.router.add_get("/openapi.json", openapi)
