@@ -26,3 +26,22 @@ def admin_guard(listener: Listener) -> Callable[[Handler], Handler]:
             return await handler(request)
         return guarded
     return wrap
+
+
+SERVER = "mediacdn"  # no versions: they only help an attacker pick an exploit
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would send `Server: Python/3.x aiohttp/3.x`; a header set first is kept.
+    response.headers["Server"] = SERVER
+
+
+def identify(app: web.Application, about: dict[str, str]) -> None:
+    """`Server: mediacdn` on every response aiohttp prepares, and `GET /` saying what this
+    is. (The edge's pre-rendered hits carry the same header in their cached head.)"""
+    app.on_response_prepare.append(_server_header)
+
+    async def root(request: web.Request) -> web.Response:
+        return web.json_response(about)
+
+    app.router.add_get("/", root)

@@ -17,7 +17,7 @@ from common.backpressure import SendLimits
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
 from common.problem import from_error, with_problems
-from common.surface import admin_guard
+from common.surface import admin_guard, identify
 from common.tls import client_context
 from config.schema import Config, EdgeNode
 from edge import admin, handlers
@@ -113,6 +113,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app.router.add_post("/_admin/purge", with_problems(guard(admin.purge)))
     app.router.add_get("/_admin/stats", with_problems(guard(admin.stats)))
     app.router.add_get("/openapi.json", with_problems(_openapi))
+    identify(app, {"service": "mediacdn edge", "name": node.name, "region": node.region,
+                   "about": "image CDN edge cache: GET /i/{id}/{variant}.{ext}",
+                   "openapi": "/openapi.json", "health": "/healthz"})
     # Any path at all, newlines included ("." would not match an encoded %0A).
     app.router.add_route("*", r"/{tail:[\s\S]*}", _not_found)
     return app

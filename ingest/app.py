@@ -14,7 +14,7 @@ from common.access import access_log
 from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
-from common.surface import admin_guard
+from common.surface import admin_guard, identify
 from config.schema import Config
 from ingest import handlers, purges
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
@@ -102,4 +102,7 @@ def create_app(cfg: Config) -> web.Application:
     add_ops_routes(app, registry, ready, admin=guard)
     handlers.add_routes(app)
     purges.add_routes(app, guard)
+    identify(app, {"service": "mediacdn ingest", "name": "ingest",
+                   "about": "image upload API: POST /v1/images (API key)",
+                   "openapi": "/openapi.json", "health": "/healthz"})
     return app

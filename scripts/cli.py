@@ -42,34 +42,81 @@ def _region(value: str) -> str:
     return value
 
 
+CONFIG_HELP = "TOML config (default: $MEDIACDN_CONFIG, else config/local.toml)"
+ENV_CONFIG = "  MEDIACDN_CONFIG       the config file when --config is not given\n"
+ENV_ADMIN = "  MEDIACDN_ADMIN_TOKEN  the admin token (the variable [secrets] names)\n"
+ENV_API = "  MEDIACDN_API_KEY      the upload API key (the variable [secrets] names)\n"
+ENV_TLS = "  (HTTPS services are verified with the config's tls_ca, else the system store)\n"
+ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+# Per subcommand: (help, environment it reads, example).
+HELP: dict[str, tuple[str, str, str]] = {
+    "up": ("run the whole topology on this machine", ENV_API + ENV_ADMIN,
+           "mediacdn up --config config/local.toml"),
+    "ingest": ("run the ingest API", ENV_API + ENV_ADMIN, "mediacdn ingest"),
+    "edge": ("run one edge node", ENV_ADMIN, "mediacdn edge --node eu-west-a"),
+    "router": ("run the geo router", "", "mediacdn router"),
+    "upload": ("upload image files", ENV_API + ENV_TLS, "mediacdn upload photo.jpg"),
+    "purge": ("purge ids from edges", ENV_ADMIN + ENV_TLS,
+              f"mediacdn purge {ID} --region eu-west"),
+    "delete": ("delete images everywhere", ENV_ADMIN + ENV_TLS, f"mediacdn delete {ID}"),
+    "stats": ("edge cache statistics", ENV_ADMIN + ENV_TLS, "mediacdn stats --json"),
+    "warm": ("prefetch into edges", ENV_TLS, f"mediacdn warm {ID}"),
+}
+
+
+def _sub(sub: argparse._SubParsersAction[_Parser], name: str,
+         parents: list[_Parser]) -> _Parser:
+    what, env, example = HELP[name]
+    epilog = f"environment:\n{ENV_CONFIG}{env}\nexample:\n  {example}\n"
+    parser: _Parser = sub.add_parser(name, parents=parents, help=what, description=what,
+                                     epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mediacdn")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="TOML config (default: $MEDIACDN_CONFIG, else config/local.toml)")
+    # SUPPRESS: a --config given before the subcommand is not overwritten by its default.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=CONFIG_HELP)
     jsonp = _Parser(add_help=False)
     jsonp.add_argument("--json", action="store_true", help="machine-readable output")
     regionp = _Parser(add_help=False)
     regionp.add_argument("--region", type=_region, help="only this region's edges")
 
-    p = _Parser(prog="mediacdn", description="mediacdn: media ingest and CDN edge cache")
+    p = _Parser(prog="mediacdn", description="mediacdn: media ingest and CDN edge cache",
+                epilog=f"environment:\n{ENV_CONFIG}\nexample:\n  mediacdn --config "
+                       "config/local.toml up\n  mediacdn upload --help",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"mediacdn {_version()}")
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("up", parents=[common], help="run the whole topology on this machine")
-    sub.add_parser("ingest", parents=[common], help="run the ingest API")
-    e = sub.add_parser("edge", parents=[common], help="run one edge node")
+    _sub(sub, "up", [common])
+    _sub(sub, "ingest", [common])
+    e = _sub(sub, "edge", [common])
     e.add_argument("--node", required=True, help="the edge's name in the config")
     e.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the node itself
     e.add_argument("--run", type=int, help=argparse.SUPPRESS)  # this run of the node
-    sub.add_parser("router", parents=[common], help="run the geo router")
+    _sub(sub, "router", [common])
 
-    u = sub.add_parser("upload", parents=[common, jsonp], help="upload image files")
+    u = _sub(sub, "upload", [common, jsonp])
     u.add_argument("files", nargs="+", metavar="FILE")
-    pu = sub.add_parser("purge", parents=[common, jsonp, regionp], help="purge ids from edges")
+    pu = _sub(sub, "purge", [common, jsonp, regionp])
     pu.add_argument("ids", nargs="*", metavar="ID", type=_content_id)
     pu.add_argument("--all", action="store_true", help="purge everything")
-    d = sub.add_parser("delete", parents=[common, jsonp], help="delete images everywhere")
+    d = _sub(sub, "delete", [common, jsonp])
     d.add_argument("ids", nargs="+", metavar="ID", type=_content_id)
-    sub.add_parser("stats", parents=[common, jsonp, regionp], help="edge cache statistics")
-    w = sub.add_parser("warm", parents=[common, jsonp, regionp], help="prefetch into edges")
+    _sub(sub, "stats", [common, jsonp, regionp])
+    w = _sub(sub, "warm", [common, jsonp, regionp])
     w.add_argument("ids", nargs="+", metavar="ID", type=_content_id)
     return p
 
@@ -77,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
     if args.command == "purge" and bool(args.ids) == bool(args.all):
         parser.error("purge takes image ids or --all, not both and not neither")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}

@@ -71,14 +71,17 @@ def _fail(exc: BaseException) -> str:
 
 def _report(args: argparse.Namespace, results: list[Result], line: Callable[[Result], str],
             extra: Result | None = None) -> int:
+    """Done targets on stdout, each failure once on stderr (not also on stdout: a terminal
+    shows both, and the same error twice reads as two)."""
     failed = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps({"results": results, **(extra or {}), "failed": len(failed)}))
     else:
         for r in results:
-            print(line(r))
-        for r in failed:
-            sys.stderr.write(f"mediacdn: failed: {r.get('target')}: {r.get('error')}\n")
+            if r["ok"]:
+                print(line(r))
+            else:
+                sys.stderr.write(f"mediacdn: {line(r)}\n")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -225,19 +228,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     totals["hit_ratio"] = round(totals["hits"] / served, 4) if served else 0.0
     if args.json:
         return _report(args, results, str, {"totals": totals})
-    header = f"{'edge':<14} {'region':<10} " + " ".join(f"{c:>14}" for c in STAT_COLUMNS)
-    print(header)
-    for r in results:
-        if r["ok"]:
-            s = r["stats"]
-            print(f"{r['edge']:<14} {r['region']:<10} "
-                  + " ".join(f"{s[c]:>14}" for c in STAT_COLUMNS))
-        else:
-            print(f"{r['edge']:<14} {r['region']:<10} unreachable: {r['error']}")
-    print(f"{'total':<14} {'':<10} " + " ".join(f"{totals[c]:>14}" for c in STAT_COLUMNS))
+    if ok:  # no table at all when no edge answered: a row of zeros would be a lie
+        header = f"{'edge':<14} {'region':<10} " + " ".join(f"{c:>14}" for c in STAT_COLUMNS)
+        print(header)
+        for r in results:
+            if r["ok"]:
+                s = r["stats"]
+                print(f"{r['edge']:<14} {r['region']:<10} "
+                      + " ".join(f"{s[c]:>14}" for c in STAT_COLUMNS))
+        print(f"{'total':<14} {'':<10} " + " ".join(f"{totals[c]:>14}" for c in STAT_COLUMNS))
     failed = [r for r in results if not r["ok"]]
     for r in failed:
-        sys.stderr.write(f"mediacdn: failed: {r['edge']}: {r['error']}\n")
+        sys.stderr.write(f"mediacdn: edge {r['edge']} FAILED {r['error']}\n")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -265,7 +267,9 @@ async def _warm(cfg: Config, ids: list[str], region: str | None) -> list[Result]
                                                                         strict=True)
                            if s != 200]
                     result.update(ok=not bad, variants=len(mine) - len(bad))
-                    if bad:
+                    if all(st == 404 for st in statuses):
+                        result["error"] = "no such image"
+                    elif bad:
                         result["error"] = "HTTP " + ", ".join(bad)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     result["error"] = _fail(exc)

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config import Config, load_config
-from scripts.cli import environ
+from scripts.cli import UsageError, environ
 
 DRAIN_SECONDS = 15.0
 MAX_BACKOFF = 10.0
@@ -83,6 +84,12 @@ class Supervisor:
         self.stopping = False
         self.fatal = False
         self.halt = asyncio.Event()
+        # Columns, so the URLs line up (still `SERVICE NAME URL`, split on spaces).
+        self.widths = (max(len(k.service) for k in self.kids),
+                       max(len(k.name) for k in self.kids))
+
+    def service_line(self, service: str, name: str, url: str) -> str:
+        return f"{service:<{self.widths[0]}} {name:<{self.widths[1]}} {url}"
 
     async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -91,7 +98,7 @@ class Supervisor:
             parts = line.split()
             if len(parts) == 3 and parts[0] == child.service and parts[1] == child.name:
                 if not child.announced and child.relay:
-                    print(line, flush=True)
+                    print(self.service_line(*parts), flush=True)
                     child.announced = True
                 child.ready.set()
             elif line:
@@ -179,9 +186,34 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def busy_port(cfg: Config) -> str | None:
+    """The first configured port something else already listens on, as a sentence: then
+    `up` stops at once (exit 2) instead of starting children that cannot bind."""
+    listeners = [("ingest.port", cfg.ingest.host, cfg.ingest.port, cfg.ingest.listener),
+                 ("router.port", cfg.router.host, cfg.router.port, cfg.router.listener)]
+    listeners += [(f"edges.{e.name}.port", e.host, e.port, e.listener) for e in cfg.edges]
+    checks = [(key, host, port) for key, host, port, _ in listeners]
+    checks += [(key.replace(".port", ".admin_port"), ls.admin_host, ls.admin_port)
+               for key, _, _, ls in listeners if ls.admin_port is not None]
+    for key, host, port in checks:
+        if port == 0:
+            continue
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.create_server((host, port), family=family):
+                pass
+        except OSError as exc:
+            return (f"{key} {host}:{port} is in use ({exc.strerror or exc}): is another "
+                    "`mediacdn up` running?")
+    return None
+
+
 def run_topology(config_arg: str | None) -> int:
     env = environ()
     cfg = load_config(config_arg, env)  # refuse a bad config here, once, exit 2
+    busy = busy_port(cfg)
+    if busy is not None:
+        raise UsageError(busy)
     env = child_env(secrets_env(cfg, env))
     return asyncio.run(Supervisor(topology(cfg), env).run())
 

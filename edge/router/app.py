@@ -14,7 +14,7 @@ from common.forwarded import client_address
 from common.hashing import is_content_id
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
-from common.surface import admin_guard
+from common.surface import admin_guard, identify
 from common.tls import client_context
 from config.schema import Config
 from edge.paths import parse_name
@@ -107,4 +107,8 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/i/{id}/{name}", redirect)
     app.router.add_get("/v1/route", route)
     app.router.add_get("/openapi.json", openapi)
+    identify(app, {"service": "mediacdn router", "name": "router",
+                   "about": "sends each client to its nearest healthy edge: GET "
+                            "/i/{id}/{variant}.{ext} -> 302; GET /v1/route explains",
+                   "openapi": "/openapi.json", "health": "/healthz"})
     return app
