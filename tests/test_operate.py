@@ -21,6 +21,7 @@ from common.hashing import content_id
 from tests import images
 from tests.certs import CertAuthority
 from tests.helpers import ADMIN, AUTH, ROOT
+from tests.s3server import free_port
 from tests.topology import EDGES, MEDIACDN, Ports, Service, env, run_cli, write_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -174,3 +175,197 @@ async def test_sighup_reloads_the_certificate_and_keeps_open_connections(
         assert await _peer_serial_and_healthz(*old) == first
         assert proc.returncode is None
         old[1].close()
+
+
+# -- 2. Behind proxies --------------------------------------------------------------------
+
+
+async def _route_from(source: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+    """/v1/route asked from loopback address `source` (127.0.0.2 is loopback too)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(
+            url + "/v1/route", headers=headers) as r:
+        assert r.status == 200
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def test_forwarded_for_is_believed_from_trusted_proxies_only(tmp_path: Path) -> None:
+    path, ports = config(tmp_path, router='trusted_proxies = ["127.0.0.2/32"]\n')
+    async with running(path, ports, [*(n for n, _ in EDGES), "router"]) as t:
+        router = t.url("router")
+        xff = {"X-Forwarded-For": "10.2.3.4"}
+        got = await _route_from("127.0.0.2", router, xff)
+        assert (got["region"], got["reason"], got["client"]) == ("us-east", "cidr", "10.2.3.4")
+        # A client's own X-Forwarded-For entries come first: the right-most untrusted wins.
+        spoofed = {"X-Forwarded-For": "10.3.0.9, 10.2.3.4, 127.0.0.2"}
+        got = await _route_from("127.0.0.2", router, spoofed)
+        assert (got["region"], got["client"]) == ("us-east", "10.2.3.4")
+        got = await _route_from("127.0.0.2", router, {"Forwarded": 'for="10.3.1.1:4711"'})
+        assert (got["region"], got["client"]) == ("ap-south", "10.3.1.1")
+        # From an address not in trusted_proxies the headers are ignored.
+        got = await _route_from("127.0.0.1", router, xff)
+        assert (got["region"], got["reason"], got["client"]) == ("eu-west", "default",
+                                                                 "127.0.0.1")
+        # The redirect itself follows the same choice.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as http, http.get(
+                f"{router}/i/{UNKNOWN_ID}/w640.webp", headers=xff,
+                allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["X-Edge"] == "us-east-a"
+
+
+# -- 4. Admin on its own listener ----------------------------------------------------------
+
+
+async def test_admin_surface_only_on_the_admin_port(tmp_path: Path) -> None:
+    admin = {n: free_port() for n in ("ingest", "router", *(n for n, _ in EDGES))}
+    path, ports = config(tmp_path, ingest=f"admin_port = {admin['ingest']}\n",
+                         router=f"admin_port = {admin['router']}\n",
+                         nodes={n: f"admin_port = {admin[n]}\n" for n, _ in EDGES})
+    async with running(path, ports, ALL) as t, aiohttp.ClientSession() as http:
+        def on(name: str, port: int) -> str:
+            return f"http://127.0.0.1:{port}"
+        checks = [("ingest", "/metrics"), ("ingest", "/_internal/purges?after=-1"),
+                  ("router", "/metrics"), ("eu-west-a", "/metrics"),
+                  ("eu-west-a", "/_admin/stats"), ("us-east-a", "/_admin/stats")]
+        for name, route in checks:
+            async with http.get(t.url(name) + route, headers=ADMIN) as r:
+                assert r.status == 404, (name, route)
+                assert r.content_type == "application/problem+json"
+            async with http.get(on(name, admin[name]) + route, headers=ADMIN) as r:
+                assert r.status == 200, (name, route, await r.text())
+        async with http.post(t.url("eu-west-a") + "/_admin/purge", json={"all": True},
+                             headers=ADMIN) as r:
+            assert r.status == 404
+        # Media and health stay on the public port.
+        async with http.get(t.url("eu-west-a") + "/healthz") as r:
+            assert r.status == 200
+        # Edges follow ingest's purge stream at its admin URL: each applies the purge in
+        # time (else ingest names it pending and the CLI exits 1); the CLI's purge, delete
+        # and stats use the admin URLs.
+        code, out, err = await t.cli("purge", UNKNOWN_ID)
+        assert code == 0, err
+        assert len([ln for ln in out.splitlines() if " ok applied" in ln]) == len(EDGES)
+        code, out, err = await t.cli("stats", "--json")
+        assert code == 0, err
+        code, out, err = await t.cli("delete", UNKNOWN_ID)
+        assert code == 1 and "404" in err
+
+
+# -- 9. CLI and surface polish -------------------------------------------------------------
+
+
+def cli(*argv: str, environ: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MEDIACDN, *argv], env=environ or env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_before_the_subcommand(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("bogus = 1\n")
+    r = cli("--config", str(bad), "stats")
+    assert r.returncode == 2 and "bogus" in r.stderr, r.stderr
+
+
+def test_version() -> None:
+    r = cli("--version")
+    assert r.returncode == 0 and re.fullmatch(r"mediacdn \d+\.\d+\.\d+\S*\n", r.stdout)
+
+
+@pytest.mark.parametrize("command", ["up", "ingest", "edge", "router", "upload", "purge",
+                                     "delete", "stats", "warm"])
+def test_each_subcommand_help_lists_env_and_an_example(command: str) -> None:
+    r = cli(command, "--help")
+    assert r.returncode == 0
+    assert "MEDIACDN_CONFIG" in r.stdout and f"example:\n  mediacdn {command}" in r.stdout
+    if command in ("purge", "delete", "stats"):
+        assert "MEDIACDN_ADMIN_TOKEN" in r.stdout
+    if command == "upload":
+        assert "MEDIACDN_API_KEY" in r.stdout
+
+
+def test_an_error_is_printed_once(tmp_path: Path) -> None:
+    path, _ = config(tmp_path)  # nothing runs on its ports
+    r = cli("purge", UNKNOWN_ID, "--config", str(path))
+    assert r.returncode == 1
+    both = r.stdout + r.stderr
+    assert both.count("unreachable") == 1, both
+
+
+async def test_stats_with_a_wrong_token_exits_1_without_a_table(tmp_path: Path) -> None:
+    path, ports = config(tmp_path)
+    async with running(path, ports, ["ap-south-a"]) as t:
+        wrong = env({"MEDIACDN_ADMIN_TOKEN": "wrong-token-but-long-enough"})
+        code, out, err = await t.cli("stats", "--region", "ap-south", environ=wrong)
+        assert code == 1
+        assert out == "", out  # no table of zeros
+        assert err.count("401") == 1 and "ap-south-a" in err, err
+
+
+async def test_warm_an_unknown_id_says_no_such_image(tmp_path: Path) -> None:
+    path, ports = config(tmp_path)
+    async with running(path, ports, ["ap-south-a"]) as t:
+        code, _, err = await t.cli("warm", UNKNOWN_ID, "--region", "ap-south")
+        assert code == 1 and "no such image" in err, err
+        assert "404" not in err
+
+
+def test_a_second_up_on_busy_ports_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    path, ports = config(tmp_path)
+    with socket.create_server(("127.0.0.1", ports.ingest)):  # as a first `up` would
+        proc = subprocess.Popen([*MEDIACDN, "up", "--config", str(path)], env=env(),
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # it drains its children
+            proc.communicate(timeout=30)
+            raise AssertionError("a second `up` kept running") from None
+    assert proc.returncode == 2
+    lines = (out + err).strip().splitlines()
+    assert len(lines) == 1 and f"{ports.ingest}" in lines[0] and "in use" in lines[0], lines
+
+
+async def test_up_prints_readable_aligned_service_lines(tmp_path: Path) -> None:
+    path, _ = config(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        *MEDIACDN, "up", "--config", str(path), env=env(), cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(lines) < len(ALL):
+                lines.append((await proc.stdout.readline()).decode().rstrip("\n"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await proc.wait()
+    assert {ln.split()[1] for ln in lines} == set(ALL)
+    assert all(len(ln.split()) == 3 for ln in lines)  # still SERVICE NAME URL
+    assert len({ln.index("http://") for ln in lines}) == 1, "\n".join(lines)
+
+
+async def test_no_server_header_with_versions(tmp_path: Path) -> None:
+    path, ports = config(tmp_path)
+    async with running(path, ports, ["ingest", "ap-south-a", "router"]) as t, \
+            aiohttp.ClientSession() as http:
+        for name in ("ingest", "ap-south-a", "router"):
+            for route in ("/healthz", "/nowhere", f"/i/{UNKNOWN_ID}/w640.webp"):
+                async with http.get(t.url(name) + route, allow_redirects=False) as r:
+                    assert r.headers.get("Server") == "mediacdn", (name, route, r.headers)
+
+
+async def test_root_says_what_each_service_is(tmp_path: Path) -> None:
+    path, ports = config(tmp_path)
+    async with running(path, ports, ["ingest", "ap-south-a", "router"]) as t, \
+            aiohttp.ClientSession() as http:
+        for name, what in (("ingest", "mediacdn ingest"), ("ap-south-a", "mediacdn edge"),
+                           ("router", "mediacdn router")):
+            async with http.get(t.url(name) + "/") as r:
+                assert r.status == 200
+                body = await r.json()
+            assert body["service"] == what and body["name"] == name
+            assert body["about"] and body["health"] == "/healthz"
