@@ -46,6 +46,10 @@ _route = {
         "url": {"type": "string"},
         "id": {"type": ["string", "null"]},
         "candidates": {"type": "array", "items": _candidate},
+        "client": {"type": ["string", "null"], "description":
+                   "The client address the choice used: `?ip=`, else the peer, or behind a "
+                   "proxy in `trusted_proxies` the right-most X-Forwarded-For / Forwarded "
+                   "address that is not itself trusted."},
     },
 }
 
