@@ -113,7 +113,31 @@ BAD = [
     (["secrets", "api_key_env"], "not a name", "secrets.api_key_env"),
     (["edge", "cache_bytes"], True, "edge.cache_bytes"),
     (["log_level"], "loud", "log_level"),
+    (["ingest", "tls_cert"], "c.pem", "ingest.tls_key"),  # a cert without its key
+    (["router", "tls_key"], "k.pem", "router.tls_cert"),
+    (["ingest", "trusted_proxies"], ["10.0.0.0/40"], "ingest.trusted_proxies[0]"),
+    (["edge", "trusted_proxies"], ["nope"], "edge.trusted_proxies[0]"),
+    (["router", "admin_port"], 8000, "router.admin_port"),  # its own public port
+    (["edges", 1, "admin_port"], 8001, "edges.eu-west-b.admin_port"),  # ingest's port
 ]
+
+
+def test_tls_makes_urls_https_and_admin_urls_follow() -> None:
+    raw = _mutate(["ingest", "tls_cert"], "certs/ingest.pem")
+    raw["ingest"].update(tls_key="certs/ingest.key", admin_port=9001)
+    raw["edge"].update(tls_cert="certs/edge.pem", tls_key="certs/edge.key",
+                       trusted_proxies=["10.0.0.0/8"])
+    cfg = parse_config(raw, {}, Path("t.toml"))
+    assert cfg.ingest.url == "https://127.0.0.1:8001"
+    assert cfg.ingest.listener.admin_url == "https://127.0.0.1:9001"
+    assert all(e.url.startswith("https://") and e.listener.admin_url == e.url
+               for e in cfg.edges)
+    assert all(len(e.listener.trusted_proxies) == 1 for e in cfg.edges)
+    assert cfg.router.url.startswith("http://")
+    raw["ingest"]["url"] = "http://ingest.example.com"  # TLS on, but an http:// url
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {}, Path("t.toml"))
+    assert info.value.key == "ingest.url"
 
 
 @pytest.mark.parametrize(("path", "value", "key"), BAD, ids=[b[2] for b in BAD])
