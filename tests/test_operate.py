@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -369,3 +370,74 @@ async def test_root_says_what_each_service_is(tmp_path: Path) -> None:
                 body = await r.json()
             assert body["service"] == what and body["name"] == name
             assert body["about"] and body["health"] == "/healthz"
+
+
+# -- 2. The reference front: nginx terminating TLS and HTTP/2 ----------------------------
+
+
+def _nginx_conf(tmp: Path, front: str) -> Path:
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp / d).mkdir(exist_ok=True)
+    (tmp / "front.conf").write_text(front)
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    include {tmp}/front.conf;
+}}
+""")
+    return conf
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None or shutil.which("curl") is None,
+                    reason="needs Debian's nginx and curl (apt-get install nginx-light curl)")
+async def test_reference_nginx_front_terminates_tls_and_h2_and_forwards_the_client(
+        tmp_path: Path) -> None:
+    ca = CertAuthority.create(tmp_path)
+    cert, key = tmp_path / "front.pem", tmp_path / "front.key"
+    ca.issue(cert, key)
+    path, ports = config(tmp_path, router='trusted_proxies = ["127.0.0.1/32"]\n')
+    # The client's own address (127.0.0.3) routes to us-east by CIDR.
+    text = path.read_text().replace('cidrs = ["10.2.0.0/16"]', 'cidrs = ["10.2.0.0/16", '
+                                    '"127.0.0.3/32"]')
+    path.write_text(text)
+    front_port = free_port()
+    front = (ROOT / "deploy/nginx/edge-front.conf").read_text()
+    front = (front.replace("server 127.0.0.1:8101;", f"server 127.0.0.1:{ports.router};")
+             .replace("listen 443 ssl http2;", f"listen 127.0.0.1:{front_port} ssl http2;")
+             .replace("listen [::]:443 ssl http2;", "")
+             .replace("/etc/ssl/mediacdn/edge-eu-west-a.pem", str(cert))
+             .replace("/etc/ssl/mediacdn/edge-eu-west-a.key", str(key)))
+    conf = _nginx_conf(tmp_path, front)
+    nginx = await asyncio.create_subprocess_exec(
+        "nginx", "-c", str(conf), "-g", "daemon off;", stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with running(path, ports, [*(n for n, _ in EDGES), "router"]):
+            url = f"https://localhost:{front_port}/i/{UNKNOWN_ID}/w640.webp"
+            # A client that claims to be in ap-south (10.3.0.1): nginx appends the address it
+            # saw, and the router believes only that.
+            argv = ["curl", "-sS", "--http2", "--cacert", str(ca.path), "--interface",
+                    "127.0.0.3", "-H", "X-Forwarded-For: 10.3.0.1", "-o", "/dev/null",
+                    "-D", "-", "-w", "%{http_version}", url]
+            async with asyncio.timeout(20):
+                while True:
+                    curl = await asyncio.create_subprocess_exec(
+                        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                    raw_out, _ = await curl.communicate()
+                    if curl.returncode == 0:
+                        break
+                    await asyncio.sleep(0.2)  # nginx still starting
+            out = raw_out.decode()
+            head = out.lower()
+            assert head.startswith("http/2 302"), out
+            assert "x-edge: us-east-a" in head, out
+            assert out.endswith("2")  # HTTP/2 to the client
+    finally:
+        nginx.terminate()
+        async with asyncio.timeout(10):
+            await nginx.wait()
