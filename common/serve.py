@@ -67,6 +67,8 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ssl_ctx is not None:
+        # On the loop, not a thread: two small PEM reads, and OpenSSL must not swap the
+        # context's certificate while a handshake on this loop is reading it.
         loop.add_signal_handler(signal.SIGHUP, tls.reload, ssl_ctx, listener)
     await runner.setup()
     try:
