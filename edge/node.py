@@ -19,7 +19,9 @@ import aiohttp
 from prometheus_client import Histogram
 
 from common.errors import NotFound, OriginTimeout, OriginUnavailable
+from common.variants import derivable
 from config.schema import Config, EdgeNode
+from edge.deriving import Deriving
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
 from edge.fill import (
@@ -83,8 +85,16 @@ class EdgeCache:
                                          self._forget_flights, self.disk, self.blocking)
 
     def _remembering(self, inner: Upstream) -> Remembering:
-        return Remembering(inner, self.store, self._remember_missing,
+        deriving = Deriving(inner, self.cfg.ingest.url, self.cfg.secrets.admin_token,
+                            self._derivable, lambda: self._session)
+        return Remembering(deriving, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
+
+    def _derivable(self, key: str) -> bool:
+        """A variant the current config defines (the origin may lack it: a newer ladder)."""
+        name = key.split("/", 1)[1]
+        variant, dot, ext = name.partition(".")
+        return bool(dot) and derivable(variant, ext, self.cfg.transcode) is not None
 
     def _forget_flights(self, prefix: str) -> None:
         self.via_origin.forget_prefix(prefix)

@@ -1,0 +1,61 @@
+"""A miss layer: a variant the current config defines but the origin lacks (the ladder
+changed after the upload) is derived by ingest on the first request, then fetched.
+
+    SingleFlight(Remembering(Deriving(...)))
+
+On the inner layers' NotFound for a derivable name, ingest is asked (admin token) to derive
+it from the original; then the inner layers are asked once more, all within the miss's one
+deadline. Ingest runs one derivation per variant however many edges ask at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from common.errors import NotFound, OriginUnavailable
+from edge.entry import Entry
+from edge.fill import Upstream, timed_out
+
+log = logging.getLogger("mediacdn.edge.deriving")
+
+
+class Deriving:
+    def __init__(self, inner: Upstream, ingest_url: str, admin_token: str | None,
+                 derivable: Callable[[str], bool],
+                 session: Callable[[], aiohttp.ClientSession | None]) -> None:
+        self.inner, self.ingest_url, self.admin_token = inner, ingest_url, admin_token
+        self.derivable, self.session = derivable, session
+        self.asked = 0  # derivations this edge asked ingest for
+
+    async def fetch(self, key: str, deadline: float) -> Entry:
+        try:
+            return await self.inner.fetch(key, deadline)
+        except NotFound:
+            session = self.session()
+            if session is None or self.admin_token is None or not self.derivable(key):
+                raise
+        await self._ask_ingest(session, key, deadline)
+        return await self.inner.fetch(key, deadline)
+
+    async def _ask_ingest(self, session: aiohttp.ClientSession, key: str,
+                          deadline: float) -> None:
+        self.asked += 1
+        url = f"{self.ingest_url}/_internal/derive/{key}"
+        try:
+            async with asyncio.timeout_at(deadline), session.post(
+                    url, headers={"Authorization": f"Bearer {self.admin_token}"}) as r:
+                await r.read()
+                status = r.status
+        except TimeoutError:
+            raise timed_out("ingest (deriving a variant)") from None
+        except aiohttp.ClientError as exc:
+            raise OriginUnavailable(f"ingest is unreachable to derive {key}: {exc}") from exc
+        if status == 404:
+            raise NotFound("no such image or variant")
+        if status != 200:
+            log.warning("ingest answered %d to derive %s", status, key)
+            raise OriginUnavailable(f"ingest answered {status} when asked to derive {key}")

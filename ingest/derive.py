@@ -1,0 +1,150 @@
+"""`POST /_internal/derive/{id}/{name}.{ext}`: a variant the current config defines but the
+origin lacks (the ladder changed after the upload), made from the stored original.
+
+Only edges call it, with the admin token. However many edges ask at once, one derivation
+runs (single-flight here, per variant); once stored, asking again costs one HEAD. The
+variant is stored with its blake3 exactly as an upload stores it, then listed in the
+manifest (manifest updates of one image are serialised, so two derivations never lose
+each other's entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from common.auth import require_bearer
+from common.errors import BadRequest, NotFound, OriginTimeout, OriginUnavailable
+from common.hashing import is_content_id
+from common.variants import derivable, origin_name
+from config.schema import Variant
+from ingest import manifest as M
+from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
+from ingest.store import load_manifest, unavailable
+from origin import Origin
+from origin import keys as K
+from origin.base import ObjectInfo
+from transcode.derive import derive
+from transcode.formats import MEDIA_TYPES
+from transcode.ladder import Encoded
+
+log = logging.getLogger("mediacdn.ingest.derive")
+FLIGHTS = web.AppKey("derive_flights", dict)
+LOCKS = web.AppKey("manifest_locks", dict)
+
+
+def add_routes(app: web.Application) -> None:
+    app[FLIGHTS] = {}
+    app[LOCKS] = {}
+    app.router.add_post("/_internal/derive/{id}/{name}", handle)
+
+
+async def handle(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    if cfg.secrets.admin_token is None:
+        raise NotFound("no such route")  # never reachable without an admin token
+    require_bearer(request, cfg.secrets.admin_token, "admin token")
+    image_id, name = request.match_info["id"], request.match_info["name"]
+    if not is_content_id(image_id):
+        raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
+    variant_name, _, ext = name.partition(".")
+    variant = derivable(variant_name, ext, cfg.transcode)
+    if variant is None:
+        raise NotFound(f"{name[:60]!r} is not a variant this config defines")
+    key = f"{image_id}/{name}"
+    flights: dict[str, asyncio.Future[dict[str, Any]]] = request.app[FLIGHTS]
+    flight = flights.get(key)
+    if flight is None:
+        flight = asyncio.ensure_future(_derive_once(request.app, image_id, variant, ext))
+        flights[key] = flight
+        flight.add_done_callback(lambda f: _landed(flights, key, f))
+    # shield: a caller that goes away does not cancel the others' derivation.
+    entry = await asyncio.shield(flight)
+    return web.json_response(entry)
+
+
+def _landed(flights: dict[str, asyncio.Future[dict[str, Any]]], key: str,
+            flight: asyncio.Future[dict[str, Any]]) -> None:
+    flights.pop(key, None)
+    if not flight.cancelled():
+        flight.exception()  # mark retrieved even if every caller went away
+
+
+async def _derive_once(app: web.Application, image_id: str, variant: Variant,
+                       ext: str) -> dict[str, Any]:
+    origin: Origin = app[ORIGIN]
+    vkey = K.variant(image_id, origin_name(variant.name), ext)
+    try:
+        info = await origin.head(vkey)
+    except NotFound:
+        info = None
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
+    if info is not None:  # derived already (or uploaded with it): list it, derive nothing
+        entry = _entry_from_info(image_id, variant.name, ext, info)
+    else:
+        entry = await _make(app, image_id, variant, ext, vkey)
+    await _list(app, image_id, entry)
+    return entry
+
+
+async def _make(app: web.Application, image_id: str, variant: Variant, ext: str,
+                vkey: str) -> dict[str, Any]:
+    cfg, origin = app[CONFIG], app[ORIGIN]
+    if await load_manifest(origin, image_id) is None:
+        raise NotFound(f"no image {image_id}")
+    try:
+        _, source = await origin.read(K.original(image_id))
+        encoded: Encoded
+        encoded, seconds = await app[POOL].run(derive, source, cfg.ingest, cfg.transcode,
+                                               variant, ext)
+        app[METRICS].derivations.inc()
+        app[METRICS].transcode_seconds.observe(seconds)
+        await origin.put(vkey, encoded.data, MEDIA_TYPES[ext],
+                         {"blake3": encoded.blake3, "width": str(encoded.width),
+                          "height": str(encoded.height)})
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
+    log.info("derived %s/%s.%s (%d bytes)", image_id, variant.name, ext, len(encoded.data))
+    return _entry(image_id, variant.name, ext, encoded.width, encoded.height,
+                  len(encoded.data), encoded.blake3)
+
+
+def _entry(image_id: str, name: str, ext: str, width: int, height: int, size: int,
+           blake3: str) -> dict[str, Any]:
+    return {"name": name, "format": ext, "width": width, "height": height, "bytes": size,
+            "blake3": blake3, "path": M.edge_path(image_id, name, ext)}
+
+
+def _entry_from_info(image_id: str, name: str, ext: str, info: ObjectInfo) -> dict[str, Any]:
+    meta = info.metadata
+    return _entry(image_id, name, ext, int(meta.get("width", "0") or 0),
+                  int(meta.get("height", "0") or 0), info.size, meta.get("blake3", ""))
+
+
+async def _list(app: web.Application, image_id: str, entry: dict[str, Any]) -> None:
+    """Add the variant to the image's manifest, unless it is there already."""
+    locks: dict[str, asyncio.Lock] = app[LOCKS]
+    lock = locks.setdefault(image_id, asyncio.Lock())
+    try:
+        async with lock:
+            origin = app[ORIGIN]
+            manifest = await load_manifest(origin, image_id)
+            if manifest is None:
+                raise NotFound(f"no image {image_id}")
+            listed = manifest["variants"]
+            if any(v.get("name") == entry["name"] and v.get("format") == entry["format"]
+                   for v in listed):
+                return
+            manifest["variants"] = [*listed, entry]
+            try:
+                await origin.put(K.manifest(image_id), M.encode(manifest), "application/json",
+                                 {"blake3": image_id})
+            except (OriginUnavailable, OriginTimeout) as exc:
+                raise unavailable(exc) from exc
+    finally:
+        if not lock.locked() and locks.get(image_id) is lock:
+            del locks[image_id]

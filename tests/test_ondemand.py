@@ -1,0 +1,106 @@
+"""Variants on demand, as a user meets them: the ladder changed after the upload, and every
+edge derives the new variant on its first request (once in all), verified, listed in the
+manifest from then on; a variant dropped from the config answers 404, bytes untouched.
+
+Real processes on loopback (ingest, three edges) against the suite's S3 server behind a
+counting proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from common.hashing import content_id
+from tests import images
+from tests.helpers import ADMIN, AUTH
+from tests.test_invalidation import Net, net  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.timeout(240)
+EDGES = (("e1", "eu"), ("e2", "eu"), ("e3", "us"))
+
+
+def ladder(*variants: tuple[str, int]) -> str:
+    return "\n[transcode]\n" + "".join(
+        f'[[transcode.variants]]\nname = "{n}"\nwidth = {w}\n' for n, w in variants)
+
+
+async def restart_with(net: Net, variants: str) -> None:  # noqa: F811
+    for svc in [*net.edges.values(), *([net.ingest] if net.ingest else [])]:
+        await svc.stop()
+    net.config.write_text(net.config.read_text().split("\n[transcode]\n")[0] + variants)
+    await net.start_ingest()
+    await asyncio.gather(*(net.start_edge(n) for n, _ in EDGES))
+
+
+def derivations(metrics: str) -> float:
+    m = re.search(r"^mediacdn_ingest_derivations_total (\S+)$", metrics, re.M)
+    assert m is not None, "no mediacdn_ingest_derivations_total metric"
+    return float(m.group(1))
+
+
+async def test_a_variant_added_to_the_ladder_is_derived_once_for_100_requests_on_3_edges(
+        net: Net) -> None:  # noqa: F811
+    net.write(edges=EDGES)
+    net.config.write_text(net.config.read_text() + ladder(("w640", 640), ("w320", 320)))
+    await net.start_ingest()
+    manifest = await net.upload(images.jpeg(images.photo(1200, 800)))
+    image_id = str(manifest["id"])
+    await restart_with(net, ladder(("w1000", 1000), ("w640", 640), ("w320", 320)))
+    before_puts = net.proxy.counts.copy()
+
+    async def get(i: int) -> tuple[int, str, bytes]:
+        url = net.url(EDGES[i % 3][0]) + f"/i/{image_id}/w1000.webp"
+        async with net.http.get(url) as r:
+            return r.status, r.headers.get("X-Cache", ""), await r.read()
+
+    answers = await asyncio.gather(*(get(i) for i in range(100)))
+    assert [a[0] for a in answers] == [200] * 100, {a[0] for a in answers}
+    bodies = {a[2] for a in answers}
+    assert len(bodies) == 1
+    body = bodies.pop()
+    with Image.open(io.BytesIO(body)) as img:
+        assert (img.format, img.size) == ("WEBP", (1000, 667))
+    assert "MISS" in {a[1] for a in answers}
+    assert net.ingest is not None
+    async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:
+        assert derivations(await r.text()) == 1
+    key = f"/variants/{image_id}/w1000.webp"
+    puts = {p: n - before_puts[(m, p)] for (m, p), n in net.proxy.counts.items() if m == "PUT"}
+    assert [n for p, n in puts.items() if p.endswith(key)] == [1], puts
+    async with net.http.get(net.ingest.url + f"/v1/images/{image_id}") as r:
+        listed = [v for v in (await r.json())["variants"]
+                  if (v["name"], v["format"]) == ("w1000", "webp")]
+    assert len(listed) == 1 and listed[0]["blake3"] == content_id(body)
+    assert (listed[0]["width"], listed[0]["bytes"]) == (1000, len(body))
+    # The derive endpoint is the edges' alone: the API key or nothing gets 401.
+    for headers in ({}, AUTH):
+        async with net.http.post(net.ingest.url + f"/_internal/derive/{image_id}/w320.jpg",
+                                 headers=headers) as r:
+            assert r.status == 401
+
+
+async def test_a_variant_dropped_from_the_ladder_answers_404_and_keeps_its_bytes(
+        net: Net) -> None:  # noqa: F811
+    net.write(edges=EDGES)
+    net.config.write_text(net.config.read_text() + ladder(("w640", 640), ("w320", 320)))
+    await net.start_ingest()
+    manifest = await net.upload(images.jpeg(images.photo(1200, 800)))
+    image_id = str(manifest["id"])
+    await restart_with(net, ladder(("w320", 320)))
+    for edge, _ in EDGES:
+        status, _, _ = await net.get(net.url(edge) + f"/i/{image_id}/w640.webp")
+        assert status == 404
+        status, _, _ = await net.get(net.url(edge) + f"/i/{image_id}/w320.webp")
+        assert status == 200
+    assert not [p for (m, p) in net.proxy.counts if m == "DELETE"]
+    await restart_with(net, ladder(("w640", 640), ("w320", 320)))
+    status, cache, _ = await net.get(net.url("e1") + f"/i/{image_id}/w640.webp")
+    assert (status, cache) == (200, "MISS")
+    assert net.ingest is not None
+    async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:
+        assert derivations(await r.text()) == 0  # its bytes were still there
