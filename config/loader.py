@@ -208,7 +208,14 @@ def _transcode(t: Table) -> TranscodeConfig:
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
         max_waiting=t.integer("max_waiting", 16, lo=0),
         wait_seconds=t.number("wait_seconds", 10.0, lo=0.1),
+        ondemand_width_min=t.integer("ondemand_width_min", 100, lo=1, hi=16384),
+        ondemand_width_max=t.integer("ondemand_width_max", 2400, lo=0, hi=16384),
+        ondemand_width_step=t.integer("ondemand_width_step", 20, lo=1, hi=16384),
+        ondemand_max_dpr=t.integer("ondemand_max_dpr", 3, lo=1, hi=4),
     )
+    if 0 < cfg.ondemand_width_max < cfg.ondemand_width_min:
+        raise ConfigError(t.key("ondemand_width_max"),
+                          "must be 0 (off) or at least transcode.ondemand_width_min")
     t.done()
     return cfg
 

@@ -63,6 +63,12 @@ class TranscodeConfig:
     deadline_seconds: float
     max_waiting: int  # uploads that may wait for a free worker; beyond, 503 + Retry-After
     wait_seconds: float  # the longest an upload waits for a free worker
+    # Widths on demand, `w{N}[@{D}x]`: N in range(min, max + 1, step), D in 1..max_dpr.
+    # max 0 turns them off.
+    ondemand_width_min: int = 100
+    ondemand_width_max: int = 2400
+    ondemand_width_step: int = 20
+    ondemand_max_dpr: int = 3
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:

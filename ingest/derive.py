@@ -19,7 +19,7 @@ from aiohttp import web
 from common.auth import require_bearer
 from common.errors import BadRequest, NotFound, OriginTimeout, OriginUnavailable
 from common.hashing import is_content_id
-from common.variants import derivable, origin_name
+from common.variants import configured, derivable, origin_name
 from config.schema import Variant
 from ingest import manifest as M
 from ingest.keys import CONFIG, METRICS, ORIGIN, POOL
@@ -87,7 +87,8 @@ async def _derive_once(app: web.Application, image_id: str, variant: Variant,
         entry = _entry_from_info(image_id, variant.name, ext, info)
     else:
         entry = await _make(app, image_id, variant, ext, vkey)
-    await _list(app, image_id, entry)
+    if configured(variant.name, app[CONFIG].transcode):  # widths on demand stay unlisted
+        await _list(app, image_id, entry)
     return entry
 
 

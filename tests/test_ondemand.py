@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import re
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -50,11 +52,11 @@ async def test_a_variant_added_to_the_ladder_is_derived_once_for_100_requests_on
     await net.start_ingest()
     manifest = await net.upload(images.jpeg(images.photo(1200, 800)))
     image_id = str(manifest["id"])
-    await restart_with(net, ladder(("w1000", 1000), ("w640", 640), ("w320", 320)))
+    await restart_with(net, ladder(("hero", 1000), ("w640", 640), ("w320", 320)))
     before_puts = net.proxy.counts.copy()
 
     async def get(i: int) -> tuple[int, str, bytes]:
-        url = net.url(EDGES[i % 3][0]) + f"/i/{image_id}/w1000.webp"
+        url = net.url(EDGES[i % 3][0]) + f"/i/{image_id}/hero.webp"
         async with net.http.get(url) as r:
             return r.status, r.headers.get("X-Cache", ""), await r.read()
 
@@ -69,12 +71,12 @@ async def test_a_variant_added_to_the_ladder_is_derived_once_for_100_requests_on
     assert net.ingest is not None
     async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:
         assert derivations(await r.text()) == 1
-    key = f"/variants/{image_id}/w1000.webp"
+    key = f"/variants/{image_id}/hero.webp"
     puts = {p: n - before_puts[(m, p)] for (m, p), n in net.proxy.counts.items() if m == "PUT"}
     assert [n for p, n in puts.items() if p.endswith(key)] == [1], puts
     async with net.http.get(net.ingest.url + f"/v1/images/{image_id}") as r:
         listed = [v for v in (await r.json())["variants"]
-                  if (v["name"], v["format"]) == ("w1000", "webp")]
+                  if (v["name"], v["format"]) == ("hero", "webp")]
     assert len(listed) == 1 and listed[0]["blake3"] == content_id(body)
     assert (listed[0]["width"], listed[0]["bytes"]) == (1000, len(body))
     # The derive endpoint is the edges' alone: the API key or nothing gets 401.
@@ -87,20 +89,76 @@ async def test_a_variant_added_to_the_ladder_is_derived_once_for_100_requests_on
 async def test_a_variant_dropped_from_the_ladder_answers_404_and_keeps_its_bytes(
         net: Net) -> None:  # noqa: F811
     net.write(edges=EDGES)
-    net.config.write_text(net.config.read_text() + ladder(("w640", 640), ("w320", 320)))
+    net.config.write_text(net.config.read_text() + ladder(("big", 640), ("w320", 320)))
     await net.start_ingest()
     manifest = await net.upload(images.jpeg(images.photo(1200, 800)))
     image_id = str(manifest["id"])
     await restart_with(net, ladder(("w320", 320)))
     for edge, _ in EDGES:
-        status, _, _ = await net.get(net.url(edge) + f"/i/{image_id}/w640.webp")
+        status, _, _ = await net.get(net.url(edge) + f"/i/{image_id}/big.webp")
         assert status == 404
         status, _, _ = await net.get(net.url(edge) + f"/i/{image_id}/w320.webp")
         assert status == 200
     assert not [p for (m, p) in net.proxy.counts if m == "DELETE"]
-    await restart_with(net, ladder(("w640", 640), ("w320", 320)))
-    status, cache, _ = await net.get(net.url("e1") + f"/i/{image_id}/w640.webp")
+    await restart_with(net, ladder(("big", 640), ("w320", 320)))
+    status, cache, _ = await net.get(net.url("e1") + f"/i/{image_id}/big.webp")
     assert (status, cache) == (200, "MISS")
     assert net.ingest is not None
     async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:
         assert derivations(await r.text()) == 0  # its bytes were still there
+
+
+def allowed_widths() -> set[str]:
+    """The default allow-list, spelled out independently of the code under test."""
+    names = {f"w{n}" for n in range(100, 2401, 20)}
+    return names | {f"w{n}@{d}x" for n in range(100, 2401, 20) for d in (1, 2, 3)}
+
+
+async def problem(n: Net, url: str) -> tuple[int, str]:
+    async with n.http.get(url) as r:
+        await r.read()
+        return r.status, r.headers.get("Content-Type", "")
+
+
+async def test_widths_on_demand_obey_the_allow_list_and_random_names_write_nothing(
+        net: Net) -> None:  # noqa: F811
+    net.write(edges=EDGES[:2])
+    await net.start_ingest()
+    await asyncio.gather(*(net.start_edge(n) for n, _ in EDGES[:2]))
+    manifest = await net.upload(images.jpeg(images.photo(1200, 800)))
+    base = net.url("e1") + f"/i/{manifest['id']}/"
+    for name, size in (("w500.webp", (500, 333)), ("w500@2x.webp", (1000, 667)),
+                       ("w640@3x.jpg", (1200, 800)), ("w2400.jpg", (1200, 800))):
+        async with net.http.get(base + name) as r:
+            assert (r.status, r.headers["X-Cache"]) == (200, "MISS"), name
+            with Image.open(io.BytesIO(await r.read())) as img:
+                assert img.size == size, name  # N x D, never wider than the source
+    async with net.http.get(net.url("e2") + f"/i/{manifest['id']}/w500@2x.webp") as r:
+        assert r.status == 200  # the other edge reads what the first one had derived
+    for name, status in (("w510.webp", 404), ("w80.webp", 404), ("w2420.webp", 404),
+                         ("w640@4x.webp", 404), ("w640@0x.webp", 404),
+                         ("w640@2.webp", 400), ("w640@x.webp", 400), ("w@2x.webp", 404),
+                         ("w640@@2x.webp", 400), ("w640@2x.gif", 400)):
+        assert await problem(net, base + name) == (status, "application/problem+json"), name
+    writes = sum(n for (m, _), n in net.proxy.counts.items() if m in ("PUT", "POST"))
+    rng = random.Random(10)
+    alphabet = "w0123456789@x-_as."
+    names: set[str] = set()
+    while len(names) < 10_000:
+        name = rng.choice(["w", "w", "s", ""]) + "".join(
+            rng.choice(alphabet) for _ in range(rng.randint(1, 9)))
+        if name.partition(".")[0] not in allowed_widths() | {"w1080", "w640", "w320", "s150"}:
+            names.add(name + rng.choice([".webp", ".jpg", ""]))
+    sem = asyncio.Semaphore(32)
+
+    async def one(name: str) -> int:
+        async with sem:
+            url = net.url(EDGES[len(name) % 2][0]) + f"/i/{manifest['id']}/{quote(name)}"
+            async with net.http.get(url) as r:
+                await r.read()
+                return r.status
+
+    statuses = await asyncio.gather(*(one(n) for n in sorted(names)))
+    assert max(statuses) < 500, sorted(set(statuses))
+    assert set(statuses) <= {400, 404}, sorted(set(statuses))
+    assert sum(n for (m, _), n in net.proxy.counts.items() if m in ("PUT", "POST")) == writes

@@ -13,6 +13,7 @@ from common.errors import BadRequest, NotFound
 from common.hashing import is_content_id
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
+from common.variants import on_demand
 from config.schema import Config
 from edge.paths import parse_name
 from edge.router.choose import decide, nearest_first
@@ -41,7 +42,7 @@ async def redirect(request: web.Request) -> web.Response:
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
     variant, _ = parse_name(name)
-    if cfg.transcode.variant(variant) is None:
+    if cfg.transcode.variant(variant) is None and on_demand(variant, cfg.transcode) is None:
         raise NotFound(f"no variant {variant!r}")
     decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
                       request.app[NEAREST])
