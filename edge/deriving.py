@@ -3,9 +3,10 @@ changed after the upload) is derived by ingest on the first request, then fetche
 
     SingleFlight(Remembering(Deriving(...)))
 
-On the inner layers' NotFound for a derivable name, ingest is asked (admin token) to derive
-it from the original; then the inner layers are asked once more, all within the miss's one
-deadline. Ingest runs one derivation per variant however many edges ask at once.
+On the inner layers' NotFound for a derivable name of an image the origin has (its manifest:
+one HEAD, so a flood of unknown ids never reaches ingest), ingest is asked (admin token) to
+derive it from the original; then the inner layers are asked once more, all within the
+miss's one deadline. Ingest runs one derivation per variant however many edges ask at once.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ from collections.abc import Callable
 
 import aiohttp
 
-from common.errors import NotFound, OriginUnavailable
+from common.errors import NotFound, OriginUnavailable, ServiceUnavailable
 from edge.entry import Entry
 from edge.fill import Upstream, timed_out
+from origin import Origin
+from origin import keys as K
 
 log = logging.getLogger("mediacdn.edge.deriving")
 
 
 class Deriving:
-    def __init__(self, inner: Upstream, ingest_url: str, admin_token: str | None,
+    def __init__(self, inner: Upstream, origin: Origin, ingest_url: str,
+                 admin_token: str | None,
                  derivable: Callable[[str], bool],
                  session: Callable[[], aiohttp.ClientSession | None]) -> None:
-        self.inner, self.ingest_url, self.admin_token = inner, ingest_url, admin_token
+        self.inner, self.origin = inner, origin
+        self.ingest_url, self.admin_token = ingest_url, admin_token
         self.derivable, self.session = derivable, session
         self.asked = 0  # derivations this edge asked ingest for
 
@@ -38,8 +43,17 @@ class Deriving:
             session = self.session()
             if session is None or self.admin_token is None or not self.derivable(key):
                 raise
+        await self._image_exists(key, deadline)
         await self._ask_ingest(session, key, deadline)
         return await self.inner.fetch(key, deadline)
+
+    async def _image_exists(self, key: str, deadline: float) -> None:
+        """NotFound unless the origin has the image (its manifest) at all."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.origin.head(K.manifest(key.split("/", 1)[0]))
+        except TimeoutError:
+            raise timed_out("the origin") from None
 
     async def _ask_ingest(self, session: aiohttp.ClientSession, key: str,
                           deadline: float) -> None:
@@ -53,7 +67,9 @@ class Deriving:
         except TimeoutError:
             raise timed_out("ingest (deriving a variant)") from None
         except aiohttp.ClientError as exc:
-            raise OriginUnavailable(f"ingest is unreachable to derive {key}: {exc}") from exc
+            # Not a 404: the variant exists in all but bytes. Come back when ingest is up.
+            raise ServiceUnavailable(f"ingest is unreachable to derive {key}; retry shortly",
+                                     headers={"Retry-After": "5"}) from exc
         if status == 404:
             raise NotFound("no such image or variant")
         if status != 200:

@@ -85,7 +85,7 @@ class EdgeCache:
                                          self._forget_flights, self.disk, self.blocking)
 
     def _remembering(self, inner: Upstream) -> Remembering:
-        deriving = Deriving(inner, self.cfg.ingest.url, self.cfg.secrets.admin_token,
+        deriving = Deriving(inner, self.origin, self.cfg.ingest.url, self.cfg.secrets.admin_token,
                             self._derivable, lambda: self._session)
         return Remembering(deriving, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
