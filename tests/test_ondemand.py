@@ -12,14 +12,19 @@ import asyncio
 import io
 import random
 import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from common.hashing import content_id
+from ingest.app import create_app
 from tests import images
-from tests.helpers import ADMIN, AUTH
+from tests.helpers import ADMIN, AUTH, make_config
 from tests.test_invalidation import Net, net  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -162,3 +167,24 @@ async def test_widths_on_demand_obey_the_allow_list_and_random_names_write_nothi
     assert max(statuses) < 500, sorted(set(statuses))
     assert set(statuses) <= {400, 404}, sorted(set(statuses))
     assert sum(n for (m, _), n in net.proxy.counts.items() if m in ("PUT", "POST")) == writes
+
+
+async def test_the_manifest_gives_a_srcset_per_format_over_the_configured_widths(
+        tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    cfg = make_config(tmp_path)
+    client = await aiohttp_client(create_app(cfg))
+    async with client.post("/v1/images", data=images.jpeg(images.photo(800, 400)),
+                           headers=AUTH) as r:
+        assert r.status == 201
+        manifest = await r.json()
+    base = cfg.ingest.public_base_url + f"/i/{manifest['id']}/"
+    widths = {(v["name"], v["format"]): v["width"] for v in manifest["variants"]}
+    assert set(manifest["srcset"]) == {"webp", "jpg"}
+    for fmt, value in manifest["srcset"].items():
+        # w1080 of an 800 px photo is 800 px wide: the descriptor says so; s150 is a crop.
+        assert value == ", ".join(f"{base}{n}.{fmt} {w}w" for n, w in
+                                  (("w320", 320), ("w640", 640), ("w1080", 800)))
+        for n in ("w320", "w640", "w1080"):
+            assert f"{base}{n}.{fmt} {widths[(n, fmt)]}w" in value
+    async with client.get(f"/v1/images/{manifest['id']}") as r:
+        assert (await r.json())["srcset"] == manifest["srcset"]
