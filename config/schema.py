@@ -18,6 +18,9 @@ class Secrets:
     admin_token_env: str
     api_key: str | None
     admin_token: str | None
+    # Signed transforms: every key named is valid at once (rotation); none set: refused.
+    signing_key_envs: tuple[str, ...] = ("MEDIACDN_SIGNING_KEY",)
+    signing_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class TranscodeConfig:
     ondemand_width_max: int = 2400
     ondemand_width_step: int = 20
     ondemand_max_dpr: int = 3
+    # Signed transforms: the largest w and h, and derivations per image per minute.
+    transform_max_width: int = 4096
+    transform_max_height: int = 4096
+    transform_rate_per_minute: int = 60
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:

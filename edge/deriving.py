@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from common.errors import NotFound, OriginUnavailable, ServiceUnavailable
+from common.errors import NotFound, OriginUnavailable, ServiceUnavailable, TooManyRequests
 from edge.entry import Entry
 from edge.fill import Upstream, timed_out
 from origin import Origin
@@ -29,22 +29,22 @@ log = logging.getLogger("mediacdn.edge.deriving")
 class Deriving:
     def __init__(self, inner: Upstream, origin: Origin, ingest_url: str,
                  admin_token: str | None,
-                 derivable: Callable[[str], bool],
+                 body_for: Callable[[str], dict[str, str] | None],
                  session: Callable[[], aiohttp.ClientSession | None]) -> None:
         self.inner, self.origin = inner, origin
         self.ingest_url, self.admin_token = ingest_url, admin_token
-        self.derivable, self.session = derivable, session
+        self.body_for, self.session = body_for, session
         self.asked = 0  # derivations this edge asked ingest for
 
     async def fetch(self, key: str, deadline: float) -> Entry:
         try:
             return await self.inner.fetch(key, deadline)
         except NotFound:
-            session = self.session()
-            if session is None or self.admin_token is None or not self.derivable(key):
+            session, body = self.session(), self.body_for(key)
+            if session is None or self.admin_token is None or body is None:
                 raise
         await self._image_exists(key, deadline)
-        await self._ask_ingest(session, key, deadline)
+        await self._ask_ingest(session, key, body, deadline)
         return await self.inner.fetch(key, deadline)
 
     async def _image_exists(self, key: str, deadline: float) -> None:
@@ -56,14 +56,15 @@ class Deriving:
             raise timed_out("the origin") from None
 
     async def _ask_ingest(self, session: aiohttp.ClientSession, key: str,
-                          deadline: float) -> None:
+                          body: dict[str, str], deadline: float) -> None:
         self.asked += 1
         url = f"{self.ingest_url}/_internal/derive/{key}"
         try:
             async with asyncio.timeout_at(deadline), session.post(
-                    url, headers={"Authorization": f"Bearer {self.admin_token}"}) as r:
+                    url, json=body, headers={"Authorization": f"Bearer {self.admin_token}"}
+            ) as r:
                 await r.read()
-                status = r.status
+                status, retry = r.status, r.headers.get("Retry-After", "60")
         except TimeoutError:
             raise timed_out("ingest (deriving a variant)") from None
         except aiohttp.ClientError as exc:
@@ -72,6 +73,9 @@ class Deriving:
                                      headers={"Retry-After": "5"}) from exc
         if status == 404:
             raise NotFound("no such image or variant")
+        if status == 429:  # a rate limit on transforms of this image: the client's to see
+            raise TooManyRequests("too many transforms of this image derived in a minute",
+                                  headers={"Retry-After": retry})
         if status != 200:
             log.warning("ingest answered %d to derive %s", status, key)
             raise OriginUnavailable(f"ingest answered {status} when asked to derive {key}")

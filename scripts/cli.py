@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stats", parents=[common, jsonp, regionp], help="edge cache statistics")
     w = sub.add_parser("warm", parents=[common, jsonp, regionp], help="prefetch into edges")
     w.add_argument("ids", nargs="+", metavar="ID", type=_content_id)
+    s = sub.add_parser("sign", parents=[common], help="print the signed path of a transform")
+    s.add_argument("id", metavar="ID", type=_content_id)
+    s.add_argument("spec", metavar="SPEC.EXT", help="e.g. w=800,h=600,fit=cover,q=70.webp")
     return p
 
 
@@ -80,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "purge" and bool(args.ids) == bool(args.all):
         parser.error("purge takes image ids or --all, not both and not neither")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
-    from scripts import ops, services
+    from scripts import ops, services, sign
 
     commands.update(services.COMMANDS)
+    commands.update(sign.COMMANDS)
     commands.update(ops.COMMANDS)
     try:
         return commands[args.command](args)

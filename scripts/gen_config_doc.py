@@ -184,6 +184,13 @@ MEANING: dict[str, str] = {
                                     "demand off (then only the ladder's names are served).",
     "transcode.ondemand_width_step": "`N` must be `ondemand_width_min` plus a multiple of this; "
                                      "any other width answers 404, nothing derived.",
+"secrets.signing_key_envs": "Environment variables holding the keys of signed transform "
+                                "URLs (>= 16 chars each); every one set is valid at once, for "
+                                "rotation. `mediacdn up` generates the first when none is set.",
+    "transcode.transform_max_width": "Largest `w` of a signed transform; more is 400.",
+    "transcode.transform_max_height": "Largest `h` of a signed transform; more is 400.",
+    "transcode.transform_rate_per_minute": "Signed transforms of one image derived per minute "
+                                           "at most (ingest); more is 429 with Retry-After.",
     "transcode.ondemand_max_dpr": "Largest `D` of `@{D}x`: the output is `N` x `D` pixels wide, "
                                   "never wider than the source.",
     "edge.workers": "Processes per edge node, sharing its port (SO_REUSEPORT) and cache.",

@@ -12,7 +12,7 @@ import asyncio
 import io
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from common.hashing import content_id
+from common.signing import sign_path
 from ingest.app import create_app
 from tests import images
 from tests.helpers import ADMIN, AUTH, make_config
@@ -188,3 +189,88 @@ async def test_the_manifest_gives_a_srcset_per_format_over_the_configured_widths
             assert f"{base}{n}.{fmt} {widths[(n, fmt)]}w" in value
     async with client.get(f"/v1/images/{manifest['id']}") as r:
         assert (await r.json())["srcset"] == manifest["srcset"]
+
+
+NEW_KEY, OLD_KEY = "signing-key-new-0123456789", "signing-key-old-0123456789"
+
+
+async def test_signed_transforms_give_the_asked_geometry_and_refuse_before_any_work(
+        net: Net) -> None:  # noqa: F811
+    net.write(edges=EDGES[:2])
+    net.config.write_text(net.config.read_text() + """
+[secrets]
+signing_key_envs = ["MEDIACDN_SIGNING_KEY", "MEDIACDN_SIGNING_KEY_OLD"]
+[transcode]
+transform_max_width = 2000
+transform_max_height = 2000
+transform_rate_per_minute = 6
+""")
+    net.env.update(MEDIACDN_SIGNING_KEY=NEW_KEY, MEDIACDN_SIGNING_KEY_OLD=OLD_KEY)
+    await net.start_ingest()
+    await asyncio.gather(*(net.start_edge(n) for n, _ in EDGES[:2]))
+    assert net.ingest is not None
+    image_id = str((await net.upload(images.jpeg(images.photo(1200, 800))))["id"])
+
+    async def fetch(path: str, edge: str = "e1") -> tuple[int, Mapping[str, str], bytes]:
+        async with net.http.get(net.url(edge) + path) as r:
+            return r.status, r.headers.copy(), await r.read()
+
+    async def counted() -> tuple[float, int]:
+        async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:  # type: ignore[union-attr]
+            made = derivations(await r.text())
+        return made, sum(n for (m, _), n in net.proxy.counts.items() if m == "PUT")
+
+    # Refused before any work: tampered, unsigned, a key the config does not name (403);
+    # over the limits or malformed but signed (400).
+    good = sign_path(NEW_KEY, image_id, "w=300,h=300,fit=cover", "webp")
+    refused = {
+        good.replace("w=300,h=300", "w=301,h=300"): 403,
+        f"/i/{image_id}/t/unsigned/w=300.webp": 403,
+        f"/i/{image_id}/t//w=300.webp": 403,
+        sign_path("some-other-key-0123456789", image_id, "w=300", "webp"): 403,
+        sign_path(NEW_KEY, image_id, "w=2001", "webp"): 400,
+        sign_path(NEW_KEY, image_id, "w=300,h=5000,fit=cover", "jpg"): 400,
+        sign_path(NEW_KEY, image_id, "h=10,w=10", "webp"): 400,
+        sign_path(NEW_KEY, image_id, "w=10,fit=cover", "webp"): 400,
+        sign_path(NEW_KEY, image_id, "w=10,g=fp:2:0", "webp"): 400,
+    }
+    before = await counted()
+    for path, status in refused.items():
+        got, headers, _ = await fetch(path)
+        assert (got, headers["Content-Type"]) == (status, "application/problem+json"), path
+    assert await counted() == before  # nothing derived, nothing written
+
+    # Valid: the geometry asked for, decoded; ETag = blake3; immutable; old key still valid.
+    cases = [(good, "WEBP", (300, 300)),
+             (sign_path(OLD_KEY, image_id, "w=200,h=100,fit=cover,g=fp:0.2:0.8,q=60", "jpg"),
+              "JPEG", (200, 100)),
+             (sign_path(NEW_KEY, image_id, "w=500", "webp"), "WEBP", (500, 333)),
+             (sign_path(NEW_KEY, image_id, "w=400,h=400,fit=contain", "webp"), "WEBP",
+              (400, 400))]
+    for path, fmt, size in cases:
+        status, headers, body = await fetch(path)
+        assert status == 200, (path, body[:200])
+        assert headers["ETag"] == f'"{content_id(body)}"'
+        assert "immutable" in headers["Cache-Control"]
+        with Image.open(io.BytesIO(body)) as img:
+            assert (img.format, img.size) == (fmt, size), path
+    assert (await counted())[0] == before[0] + 4
+
+    # One derivation for 20 concurrent first requests on two edges.
+    shared = sign_path(NEW_KEY, image_id, "w=250,h=250,fit=cover,g=attention", "webp")
+    answers = await asyncio.gather(*(fetch(shared, EDGES[i % 2][0]) for i in range(20)))
+    assert {a[0] for a in answers} == {200} and len({a[2] for a in answers}) == 1
+    made, puts = await counted()
+    assert made == before[0] + 5 and puts == before[1] + 5
+    # The per-image rate: the 6th derivation in a minute passes, the 7th is 429.
+    status, _, _ = await fetch(sign_path(NEW_KEY, image_id, "w=120", "webp"))
+    assert status == 200
+    status, headers, _ = await fetch(sign_path(NEW_KEY, image_id, "w=140", "webp"))
+    assert status == 429 and int(headers["Retry-After"]) > 0
+    status, _, _ = await fetch(good, "e2")  # what exists is still served
+    assert status == 200
+
+    code, out, _ = await net.cli("sign", image_id, "w=300,h=300,fit=cover.webp")
+    assert (code, out.strip()) == (0, good)
+    code, _, err = await net.cli("sign", image_id, "w=99999.webp")
+    assert code == 2 and err.count("\n") == 1
