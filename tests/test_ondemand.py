@@ -274,3 +274,13 @@ transform_rate_per_minute = 6
     assert (code, out.strip()) == (0, good)
     code, _, err = await net.cli("sign", image_id, "w=99999.webp")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_the_signing_snippet_in_the_api_doc_matches_sign_path() -> None:
+    api = (Path(__file__).resolve().parents[1] / "docs/api.md").read_text()
+    snippet = api.split("def sign_path", 1)[1].split("```", 1)[0].split("\nurl = ", 1)[0]
+    scope: dict[str, Any] = {}
+    exec("import base64, hashlib, hmac\ndef sign_path" + snippet, scope)
+    for spec, ext in (("w=800,h=600,fit=cover,q=70", "webp"), ("w=10,g=fp:0.5:1", "jpg")):
+        assert scope["sign_path"](NEW_KEY, "a" * 64, spec, ext) == sign_path(
+            NEW_KEY, "a" * 64, spec, ext)
