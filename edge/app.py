@@ -69,6 +69,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                     cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
                     cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
                 app[FOLLOWER] = follower
+                # What a previous run last saw of the origin says nothing now.
+                await follower.probe_origin()
                 with contextlib.suppress(MediaCDNError, OSError, aiohttp.ClientError,
                                          TimeoutError):
                     async with asyncio.timeout(cfg.edge.origin_timeout):

@@ -196,20 +196,24 @@ class Follower:
     def caught_up(self) -> bool:
         return self.cache.journal.ready_run == self.run
 
+    async def probe_origin(self) -> None:
+        """Readiness without an origin request per probe: this probe's last word, shared
+        with every worker through the journal (and fills update it as they go)."""
+        try:
+            async with asyncio.timeout(self.s.timeout):
+                await self.cache.origin.ping()
+            state = ORIGIN_OK
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure is "down", with the reason in the log
+            log.debug("origin probe failed: %s", exc)
+            state = ORIGIN_DOWN
+        self.cache.journal.set_origin_state(state, int(time.time()))
+
     async def probe_origin_forever(self) -> None:
-        """Readiness without an origin request per probe: this loop's last word, shared."""
         while True:
-            try:
-                async with asyncio.timeout(self.s.timeout):
-                    await self.cache.origin.ping()
-                state = ORIGIN_OK
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure is "down", with the reason in the log
-                log.debug("origin probe failed: %s", exc)
-                state = ORIGIN_DOWN
-            self.cache.journal.set_origin_state(state, int(time.time()))
             await asyncio.sleep(ORIGIN_PROBE_SECONDS)
+            await self.probe_origin()
 
 
 def _record(raw: Any) -> Record:
