@@ -58,11 +58,13 @@ def srcset(manifest: dict[str, Any], public_base: str, cfg: TranscodeConfig) -> 
     Each width descriptor is the variant's real width (never wider than the source), and
     names that come out the same width are given once.
     """
-    source_width = int(manifest.get("width") or 0)
+    src_w, src_h = int(manifest.get("width") or 0), int(manifest.get("height") or 0)
     widths: dict[int, str] = {}
     for v in sorted(cfg.variants, key=lambda v: v.width):
         if v.height is None or v.crop == "none":
-            w = min(v.width, source_width) if source_width else v.width
+            w = min(v.width, src_w) if src_w else v.width
+            if v.max_height is not None and src_w and src_h > v.max_height:
+                w = min(w, max(1, round(src_w * v.max_height / src_h)))  # a tall source
             widths.setdefault(w, v.name)
     image_id = str(manifest["id"])
     return {fmt: ", ".join(f"{public_base}{edge_path(image_id, name, fmt)} {w}w"
