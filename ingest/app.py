@@ -15,7 +15,7 @@ from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
 from config.schema import Config
-from ingest import derive, handlers, purges
+from ingest import derive, handlers, purges, reprocess
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
 from ingest.purgehub import PurgeHub
 from ingest.spooldir import SPOOL_DIR, claim
@@ -102,4 +102,5 @@ def create_app(cfg: Config) -> web.Application:
     handlers.add_routes(app)
     purges.add_routes(app)
     derive.add_routes(app)
+    reprocess.add_routes(app)
     return app

@@ -155,7 +155,7 @@ async def _derive_once(app: web.Application, image_id: str, job: Job) -> dict[st
     else:
         entry = await _make(app, image_id, job, vkey)
     if job.listed:  # widths on demand and transforms stay out of the manifest
-        await _list(app, image_id, entry)
+        await list_in_manifest(app, image_id, [entry])
     return entry
 
 
@@ -179,11 +179,11 @@ async def _make(app: web.Application, image_id: str, job: Job, vkey: str) -> dic
     except (OriginUnavailable, OriginTimeout) as exc:
         raise unavailable(exc) from exc
     log.info("derived %s/%s.%s (%d bytes)", image_id, job.name, ext, len(encoded.data))
-    return _entry(image_id, job.name, ext, encoded.width, encoded.height,
+    return variant_entry(image_id, job.name, ext, encoded.width, encoded.height,
                   len(encoded.data), encoded.blake3)
 
 
-def _entry(image_id: str, name: str, ext: str, width: int, height: int, size: int,
+def variant_entry(image_id: str, name: str, ext: str, width: int, height: int, size: int,
            blake3: str) -> dict[str, Any]:
     return {"name": name, "format": ext, "width": width, "height": height, "bytes": size,
             "blake3": blake3, "path": M.edge_path(image_id, name, ext)}
@@ -191,12 +191,13 @@ def _entry(image_id: str, name: str, ext: str, width: int, height: int, size: in
 
 def _entry_from_info(image_id: str, name: str, ext: str, info: ObjectInfo) -> dict[str, Any]:
     meta = info.metadata
-    return _entry(image_id, name, ext, int(meta.get("width", "0") or 0),
+    return variant_entry(image_id, name, ext, int(meta.get("width", "0") or 0),
                   int(meta.get("height", "0") or 0), info.size, meta.get("blake3", ""))
 
 
-async def _list(app: web.Application, image_id: str, entry: dict[str, Any]) -> None:
-    """Add the variant to the image's manifest, unless it is there already."""
+async def list_in_manifest(app: web.Application, image_id: str,
+                           entries: list[dict[str, Any]]) -> None:
+    """Add the variants to the image's manifest (one write), those not there already."""
     locks: dict[str, asyncio.Lock] = app[LOCKS]
     lock = locks.setdefault(image_id, asyncio.Lock())
     try:
@@ -206,10 +207,11 @@ async def _list(app: web.Application, image_id: str, entry: dict[str, Any]) -> N
             if manifest is None:
                 raise NotFound(f"no image {image_id}")
             listed = manifest["variants"]
-            if any(v.get("name") == entry["name"] and v.get("format") == entry["format"]
-                   for v in listed):
+            have = {(v.get("name"), v.get("format")) for v in listed}
+            new = [e for e in entries if (e["name"], e["format"]) not in have]
+            if not new:
                 return
-            manifest["variants"] = [*listed, entry]
+            manifest["variants"] = [*listed, *new]
             try:
                 await origin.put(K.manifest(image_id), M.encode(manifest), "application/json",
                                  {"blake3": image_id})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,11 +39,12 @@ def ladder(*variants: tuple[str, int]) -> str:
 
 
 async def restart_with(net: Net, variants: str) -> None:  # noqa: F811
+    names = list(net.edges) or [n for n, _ in EDGES]
     for svc in [*net.edges.values(), *([net.ingest] if net.ingest else [])]:
         await svc.stop()
     net.config.write_text(net.config.read_text().split("\n[transcode]\n")[0] + variants)
     await net.start_ingest()
-    await asyncio.gather(*(net.start_edge(n) for n, _ in EDGES))
+    await asyncio.gather(*(net.start_edge(n) for n in names))
 
 
 def derivations(metrics: str) -> float:
@@ -284,3 +286,46 @@ def test_the_signing_snippet_in_the_api_doc_matches_sign_path() -> None:
     for spec, ext in (("w=800,h=600,fit=cover,q=70", "webp"), ("w=10,g=fp:0.5:1", "jpg")):
         assert scope["sign_path"](NEW_KEY, "a" * 64, spec, ext) == sign_path(
             NEW_KEY, "a" * 64, spec, ext)
+
+
+async def test_reprocess_derives_what_a_new_ladder_adds_once_and_resumes(
+        net: Net) -> None:  # noqa: F811
+    net.write(edges=EDGES[:1])
+    net.config.write_text(net.config.read_text() + ladder(("w640", 640), ("w320", 320)))
+    await net.start_ingest()
+    await net.start_edge("e1")
+    ids = [str((await net.upload(images.jpeg(images.photo(1200 + 8 * i, 800))))["id"])
+           for i in range(5)]
+    await restart_with(net, ladder(("hero", 1000), ("w640", 640), ("w320", 320)))
+    assert net.ingest is not None
+
+    def puts() -> int:
+        return sum(n for (m, p), n in net.proxy.counts.items()
+                   if m == "PUT" and "/variants/" in p)
+
+    before = puts()
+    code, out, _ = await net.cli("reprocess", ids[0], ids[1], "--json")  # then "interrupted"
+    assert code == 0, out
+    assert puts() == before + 4
+    code, out, err = await net.cli("reprocess", "--all", "--json", "--concurrency", "2")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    by_id = {r["id"]: r for r in lines if "id" in r}
+    assert set(by_id) == set(ids)
+    for image_id in ids:  # the first two were done already: nothing redone for them
+        assert sorted(by_id[image_id]["derived"]) == (
+            [] if image_id in ids[:2] else ["hero.jpg", "hero.webp"]), image_id
+    assert lines[-1]["summary"]["images"] == 5 and lines[-1]["summary"]["failed"] == 0
+    assert puts() == before + 10
+    async with net.http.get(net.ingest.url + "/metrics", headers=ADMIN) as r:
+        assert derivations(await r.text()) == 10
+    async with net.http.get(net.ingest.url + f"/v1/images/{ids[4]}") as r:
+        hero = [v for v in (await r.json())["variants"] if v["name"] == "hero"]
+    assert sorted(v["format"] for v in hero) == ["jpg", "webp"]
+    status, cache, _ = await net.get(net.url("e1") + f"/i/{ids[4]}/hero.webp")
+    assert (status, cache) == (200, "MISS")
+    # Usage errors: one line, exit 2.
+    for argv in (("reprocess",), ("reprocess", "--all", ids[0]),
+                 ("reprocess", ids[0], "--variants", "nope")):
+        code, _, err = await net.cli(*argv)
+        assert code == 2 and err.count("\n") == 1, (argv, err)
