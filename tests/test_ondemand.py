@@ -14,6 +14,7 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from PIL import Image
 
 from common.hashing import content_id
 from common.signing import sign_path
+from edge.router.app import create_app as create_router
 from ingest.app import create_app
 from tests import images
 from tests.helpers import ADMIN, AUTH, make_config
@@ -329,3 +331,24 @@ async def test_reprocess_derives_what_a_new_ladder_adds_once_and_resumes(
                  ("reprocess", ids[0], "--variants", "nope")):
         code, _, err = await net.cli(*argv)
         assert code == 2 and err.count("\n") == 1, (argv, err)
+
+
+async def test_the_router_checks_signatures_and_knows_widths_on_demand(
+        tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
+    cfg = make_config(tmp_path)
+    cfg = replace(cfg, secrets=replace(cfg.secrets, signing_keys=(NEW_KEY,)))
+    client = await aiohttp_client(create_router(cfg))
+    image_id = "b" * 64
+    good = sign_path(NEW_KEY, image_id, "w=300,h=200,fit=cover", "webp")
+    answers = {
+        good: (302, 503),  # 503 while no edge is healthy yet: what matters is it is not 403
+        good.replace("w=300", "w=301"): (403,),
+        f"/i/{image_id}/t/nosig/w=300.webp": (403,),
+        f"/i/{image_id}/w640@2x.webp": (302, 503),
+        f"/i/{image_id}/w641.webp": (404,),
+    }
+    for path, expected in answers.items():
+        async with client.get(path, allow_redirects=False) as r:
+            assert r.status in expected, (path, r.status, await r.text())
+            if r.status == 302:
+                assert r.headers["Location"].endswith(path)
