@@ -180,7 +180,7 @@ async def _make(app: web.Application, image_id: str, job: Job, vkey: str) -> dic
         raise unavailable(exc) from exc
     log.info("derived %s/%s.%s (%d bytes)", image_id, job.name, ext, len(encoded.data))
     return variant_entry(image_id, job.name, ext, encoded.width, encoded.height,
-                  len(encoded.data), encoded.blake3)
+                         len(encoded.data), encoded.blake3)
 
 
 def variant_entry(image_id: str, name: str, ext: str, width: int, height: int, size: int,
