@@ -75,7 +75,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                                          TimeoutError):
                     async with asyncio.timeout(cfg.edge.origin_timeout):
                         await follower.catch_up()  # before the first request if we can
-                tasks += [asyncio.create_task(follower.run_forever()),
+                following = asyncio.create_task(follower.run_forever())
+                tasks += [following, asyncio.create_task(follower.beat_forever(following)),
                           asyncio.create_task(follower.probe_origin_forever())]
             try:
                 yield
@@ -92,6 +93,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
         cache = app[CACHE]
         if cache.journal.ready_run != run:
             return "catching up on the purge log"
+        if not cache.journal.serving(run, int(time.time())):
+            return "the node's purge follower is not running"
         if isinstance(cache.disk, NoDiskTier):
             return f"disk cache unusable: {cache.disk.reason}"
         state, at = cache.journal.origin_state()
@@ -106,7 +109,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     transforms = TransformHandler(media, cfg)
     app.router.add_get("/i/{id}/t/{sig}/{spec}", transforms.handle)
     app.router.add_get(r"/i/{id}/t/{tail:[\s\S]*}", transforms.unsigned)
-    add_ops_routes(app, registry, ready, serving=lambda app: app[CACHE].journal.ready_run == run)
+    add_ops_routes(app, registry, ready,
+                   serving=lambda app: app[CACHE].journal.serving(run, int(time.time())))
     app.router.add_post("/_admin/purge", with_problems(admin.purge))
     app.router.add_get("/_admin/stats", with_problems(admin.stats))
     app.router.add_get("/openapi.json", with_problems(_openapi))

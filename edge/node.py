@@ -111,10 +111,14 @@ class EdgeCache:
         while len(self.transforms) > MAX_TRANSFORMS:
             self.transforms.popitem(last=False)
 
-    def _forget_flights(self, prefix: str) -> None:
-        self.via_origin.forget_prefix(prefix)
-        if self.via_owner is not None:
-            self.via_owner.forget_prefix(prefix)
+    def _forget_flights(self, ids: set[str] | None) -> None:
+        for flight in (self.via_origin, self.via_owner):
+            if flight is None:
+                continue
+            if ids is None:
+                flight.forget_prefix("")
+            else:
+                flight.forget_ids(ids)
 
     @property
     def session(self) -> aiohttp.ClientSession | None:

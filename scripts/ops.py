@@ -88,7 +88,7 @@ def _edge_results(edges: list[EdgeNode], applied: dict[str, str], seq: int) -> l
         if state == "pending":
             result["error"] = ("connected but had not applied it in time; it applies it "
                                "before it serves again")
-        elif state is None:
+        elif state in (None, "absent"):
             result["error"] = ("unreachable: not following ingest's purge stream; it applies "
                                "it before it serves again")
         out.append(result)
@@ -101,7 +101,7 @@ async def _ingest_call(session: aiohttp.ClientSession, method: str, url: str, to
                                headers={"Authorization": f"Bearer {token}"}) as r:
         if r.status >= 400:
             raise IngestRefused(await _problem(r))
-        return r.status, (await r.json() if r.status == 200 else dict(r.headers))
+        return r.status, (await r.json() if r.status in (200, 202) else dict(r.headers))
 
 
 class IngestRefused(Exception):
