@@ -126,8 +126,8 @@ def main() -> int:
             rate = (args.images - half) / (time.perf_counter() - t0)
             bare_rate = bare(bodies[half:])
             print(f"reprocess --all (w1600 webp+jpg missing on {args.images - half} images, "
-                  f"{half} done already), 1 worker, 2 images in flight: {rate:.2f} images/s; bare ladder of the "
-                  f"same variants, one core: {bare_rate:.2f} images/s; ratio "
+                  f"{half} done already), 1 worker, 2 images in flight: {rate:.2f} "
+                  f"images/s; bare ladder of the same variants, one core: {bare_rate:.2f} images/s; ratio "
                   f"{bare_rate / rate:.2f} (goal <= 1.2)")
         finally:
             for p in procs:
