@@ -127,8 +127,8 @@ def main() -> int:
             bare_rate = bare(bodies[half:])
             print(f"reprocess --all (w1600 webp+jpg missing on {args.images - half} images, "
                   f"{half} done already), 1 worker, 2 images in flight: {rate:.2f} "
-                  f"images/s; bare ladder of the same variants, one core: {bare_rate:.2f} images/s; ratio "
-                  f"{bare_rate / rate:.2f} (goal <= 1.2)")
+                  f"images/s; bare ladder of the same variants, one core: "
+                  f"{bare_rate:.2f} images/s; ratio {bare_rate / rate:.2f} (goal <= 1.2)")
         finally:
             for p in procs:
                 p.terminate()
