@@ -11,10 +11,11 @@ each other's entry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,12 @@ async def _make(app: web.Application, image_id: str, job: Job, vkey: str) -> dic
         await origin.put(vkey, encoded.data, MEDIA_TYPES[ext],
                          {"blake3": encoded.blake3, "width": str(encoded.width),
                           "height": str(encoded.height)})
+        # A delete may have begun while we worked: it marks the manifest before it lists
+        # the objects to remove, so either it lists ours, or we see its mark and remove it
+        # ourselves. Never a variant that outlives its image.
+        if await load_manifest(origin, image_id) is None:
+            await origin.delete(vkey)
+            raise NotFound(f"no image {image_id}")
     except (OriginUnavailable, OriginTimeout) as exc:
         raise unavailable(exc) from exc
     log.info("derived %s/%s.%s (%d bytes)", image_id, job.name, ext, len(encoded.data))
@@ -195,28 +202,35 @@ def _entry_from_info(image_id: str, name: str, ext: str, info: ObjectInfo) -> di
                   int(meta.get("height", "0") or 0), info.size, meta.get("blake3", ""))
 
 
-async def list_in_manifest(app: web.Application, image_id: str,
-                           entries: list[dict[str, Any]]) -> None:
-    """Add the variants to the image's manifest (one write), those not there already."""
+@contextlib.asynccontextmanager
+async def manifest_lock(app: web.Application, image_id: str) -> AsyncIterator[None]:
+    """One writer of an image's manifest at a time in this ingest (derivations, deletes)."""
     locks: dict[str, asyncio.Lock] = app[LOCKS]
     lock = locks.setdefault(image_id, asyncio.Lock())
     try:
         async with lock:
-            origin = app[ORIGIN]
-            manifest = await load_manifest(origin, image_id)
-            if manifest is None:
-                raise NotFound(f"no image {image_id}")
-            listed = manifest["variants"]
-            have = {(v.get("name"), v.get("format")) for v in listed}
-            new = [e for e in entries if (e["name"], e["format"]) not in have]
-            if not new:
-                return
-            manifest["variants"] = [*listed, *new]
-            try:
-                await origin.put(K.manifest(image_id), M.encode(manifest), "application/json",
-                                 {"blake3": image_id})
-            except (OriginUnavailable, OriginTimeout) as exc:
-                raise unavailable(exc) from exc
+            yield
     finally:
         if not lock.locked() and locks.get(image_id) is lock:
             del locks[image_id]
+
+
+async def list_in_manifest(app: web.Application, image_id: str,
+                           entries: list[dict[str, Any]]) -> None:
+    """Add the variants to the image's manifest (one write), those not there already."""
+    async with manifest_lock(app, image_id):
+        origin = app[ORIGIN]
+        manifest = await load_manifest(origin, image_id)
+        if manifest is None:
+            raise NotFound(f"no image {image_id}")
+        listed = manifest["variants"]
+        have = {(v.get("name"), v.get("format")) for v in listed}
+        new = [e for e in entries if (e["name"], e["format"]) not in have]
+        if not new:
+            return
+        manifest["variants"] = [*listed, *new]
+        try:
+            await origin.put(K.manifest(image_id), M.encode(manifest), "application/json",
+                             {"blake3": image_id})
+        except (OriginUnavailable, OriginTimeout) as exc:
+            raise unavailable(exc) from exc

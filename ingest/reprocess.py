@@ -90,7 +90,15 @@ async def _reprocess(app: web.Application, image_id: str, names: list[str]) -> d
             app[METRICS].derivations.inc()
     except (OriginUnavailable, OriginTimeout) as exc:
         raise unavailable(exc) from exc
-    await list_in_manifest(app, image_id, [variant_entry(
-        image_id, e.variant, e.format, e.width, e.height, len(e.data), e.blake3) for e in made])
+    try:
+        await list_in_manifest(app, image_id, [variant_entry(
+            image_id, e.variant, e.format, e.width, e.height, len(e.data), e.blake3)
+            for e in made])
+    except NotFound:
+        # Deleted while we worked (the manifest is read after our writes): remove what we
+        # wrote, so no variant outlives its image.
+        for e in made:
+            await origin.delete(K.variant(image_id, e.variant, e.format))
+        raise
     return {"id": image_id, "derived": [f"{e.variant}.{e.format}" for e in made],
             "present": len(names) * len(cfg.transcode.formats) - len(made)}
