@@ -69,8 +69,7 @@ async def serve(upstream: str, port: int) -> None:
         sys.stdout.write(f"s3proxy http://127.0.0.1:{port}\n")
         sys.stdout.flush()
         try:
-            while True:
-                await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # until the bench terminates us
         finally:
             await runner.cleanup()
 
