@@ -171,7 +171,7 @@ async def follow(request: web.Request) -> web.Response:
     finally:
         if node:
             hub.poll_ended(node)
-    return web.json_response({"last": hub.last, "records": [r.to_json() for r in records]})
+    return web.Response(body=hub.answer(records, after), content_type="application/json")
 
 
 async def announce(hub: PurgeHub, image_id: str) -> None:

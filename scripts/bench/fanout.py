@@ -217,7 +217,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def total(counts: dict[str, int]) -> int:
-    return sum(counts.values())
+    return sum(v for k, v in counts.items() if not k.startswith("ms "))
 
 
 @dataclass
@@ -232,7 +232,9 @@ class Window:
         return total(self.requests) / self.seconds
 
     def breakdown(self) -> str:
-        return " ".join(f"{k} {v / self.seconds:.1f}" for k, v in sorted(self.requests.items()))
+        r = self.requests
+        return " ".join(f"{k} {v / self.seconds:.1f}/s ~{r.get('ms ' + k, 0) / v:.0f} ms"
+                        for k, v in sorted(r.items()) if not k.startswith("ms "))
 
 
 class Measure:
@@ -251,9 +253,10 @@ class Measure:
                              cpu_seconds(self.pid) - self.cpu0, rss_mib(self.pid))
 
 
-async def drive(ingest: str, rate: float, seconds: float) -> dict[int, tuple[float, float]]:
-    """POST purges at `rate`/s for `seconds`: {seq: (sent at, answer took)}."""
-    sent: dict[int, tuple[float, float]] = {}
+async def drive(ingest: str, rate: float, seconds: float) -> list[tuple[int, float, float]]:
+    """POST purges at `rate`/s for `seconds`: [(seq, sent at, answer took)]. Purges that
+    arrive while a record is being written share the next one (so a seq may repeat)."""
+    sent: list[tuple[int, float, float]] = []
     headers = {"Authorization": f"Bearer {ADMIN}"}
     rng = random.Random(12)
 
@@ -265,7 +268,7 @@ async def drive(ingest: str, rate: float, seconds: float) -> dict[int, tuple[flo
             answer = await r.json()
             if r.status != 200:
                 raise RuntimeError(f"purge answered {r.status}: {answer}")
-        sent[int(answer["seq"])] = (t0, time.monotonic() - t0)
+        sent.append((int(answer["seq"]), t0, time.monotonic() - t0))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks = []
@@ -293,10 +296,12 @@ class Result:
     answer_ms: list[float]
     missing: int
     errors: int
+    records: int  # purges share a record when they arrive during a write
+    follower_cpu: float  # cores used by the follower processes while purging
 
 
 def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
-          purge_s: float, rate: float) -> Result:
+          purge_s: float, rate: float, profile: str | None = None) -> Result:
     cfg, port = write_config(tmp, proxy, f"fanout-{n}")
     ingest = f"http://127.0.0.1:{port}"
     env = _env(s3)
@@ -329,8 +334,18 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
         time.sleep(2)  # every first long-poll is in
         with Measure(proxy, ing.pid) as idle:
             time.sleep(idle_s)
+        spy = None
+        if profile:  # py-spy (pip install py-spy) samples ingest while it is purging
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(ing.pid), "-o",
+                                    f"{profile}-{n}.txt", "-f", "raw", "-d",
+                                    str(int(purge_s) + 2)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        fcpu0 = sum(cpu_seconds(p.pid) for p in followers)
         with Measure(proxy, ing.pid) as busy:
             sent = asyncio.run(drive(ingest, rate, purge_s))
+        follower_cpu = sum(cpu_seconds(p.pid) for p in followers) - fcpu0
+        if spy is not None:
+            spy.wait(60)
         time.sleep(1)
         got: list[dict[str, Any]] = []
         for p in followers:
@@ -345,12 +360,12 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
             last_at[int(seq)] = max(last_at.get(int(seq), 0.0), at)
         for seq, c in g["count"].items():
             counts[int(seq)] = counts.get(int(seq), 0) + c
-    applied = [(last_at[s] - t0) * 1000 for s, (t0, _) in sent.items()
-               if counts.get(s) == n]
-    missing = sum(1 for s in sent if counts.get(s, 0) != n)
+    applied = [(last_at[s] - t0) * 1000 for s, t0, _ in sent if counts.get(s) == n]
+    missing = sum(1 for s, _, _ in sent if counts.get(s, 0) != n)
     return Result(n, idle.window, busy.window, applied,
-                  [took * 1000 for _, took in sent.values()], missing,
-                  sum(int(g["errors"]) for g in got))
+                  [took * 1000 for _, _, took in sent], missing,
+                  sum(int(g["errors"]) for g in got), len({s for s, _, _ in sent}),
+                  follower_cpu / busy.window.seconds)
 
 
 async def _last(ingest: str) -> int | None:
@@ -373,12 +388,14 @@ def report(r: Result, rate: float) -> None:
           f"old design: {old_idle + r.n * rate:,.0f} req/s (LIST + 1 GET per edge per purge)")
     print(f"  applied to all  p50 {pct(r.applied_ms, 50):6.1f} ms  p99 "
           f"{pct(r.applied_ms, 99):6.1f} ms  max {max(r.applied_ms, default=0):6.1f} ms  "
-          f"({len(r.applied_ms)} purges; {r.missing} not applied by all)")
+          f"({len(r.applied_ms)} purges in {r.records} records; {r.missing} not applied "
+          "by all)")
     print(f"  POST answer     p50 {pct(r.answer_ms, 50):6.1f} ms  p99 "
           f"{pct(r.answer_ms, 99):6.1f} ms  (waits for every follower's ack)")
     print(f"  ingest CPU      idle {100 * r.idle.cpu / r.idle.seconds:5.1f} %  "
           f"purging {100 * r.busy.cpu / r.busy.seconds:5.1f} % of a core;  RSS "
-          f"{r.busy.rss:.0f} MiB;  follower errors {r.errors}")
+          f"{r.busy.rss:.0f} MiB;  followers {100 * r.follower_cpu:.0f} % of a core, "
+          f"errors {r.errors}")
 
 
 def main() -> int:
@@ -392,6 +409,7 @@ def main() -> int:
     ap.add_argument("--purge-seconds", type=float, default=10)
     ap.add_argument("--rate", type=float, default=10, help="purges per second")
     ap.add_argument("--s3", choices=("auto", "ceph", "moto"), default="auto")
+    ap.add_argument("--profile", help="py-spy ingest while purging into PROFILE-N.txt")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mediacdn-fanout-") as d, ExitStack() as stack:
         tmp = Path(d)
@@ -402,7 +420,7 @@ def main() -> int:
               f" followers long-poll {FOLLOW_WAIT:g} s, in {args.procs} processes")
         for n in (int(x) for x in args.followers.split(",")):
             report(run_n(n, args.procs, s3, proxy, tmp, args.idle_seconds,
-                         args.purge_seconds, args.rate), args.rate)
+                         args.purge_seconds, args.rate, args.profile), args.rate)
     return 0
 
 
