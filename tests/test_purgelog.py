@@ -174,3 +174,27 @@ async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
     else:
         raise AssertionError("the damaged record was never applied")
     assert json.loads((node.cache_dir / "purge.cursor").read_text()) == 1
+
+
+class ListCountingOrigin(FsOrigin):
+    lists = 0
+
+    async def list(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+        self.lists += 1
+        return await super().list(prefix, start_after, limit)
+
+
+async def test_an_idle_reader_of_a_long_log_lists_it_once_per_poll(tmp_path: Path) -> None:
+    # Ingest re-reads the log every log_poll_seconds and fallback edges every
+    # purge_poll_seconds: an idle read must not list the whole log (a LIST per 1,000
+    # records, every poll, growing with the retention).
+    origin = ListCountingOrigin(tmp_path / "origin")
+    for seq in range(1, 2501):
+        assert await purgelog.try_write(origin, purgelog.new_record(
+            seq, "purge", [content_id(seq.to_bytes(2, "big"))]))
+    hub = PurgeHub(origin, 60, 86400)
+    await hub.load()
+    origin.lists = 0
+    assert await hub.refresh() == 0
+    assert (await purgelog.read_after(origin, 2500)).records == []
+    assert origin.lists == 2
