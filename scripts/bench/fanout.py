@@ -332,8 +332,6 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a follower process did not start")
         time.sleep(2)  # every first long-poll is in
-        with Measure(proxy, ing.pid) as idle:
-            time.sleep(idle_s)
         spy = None
         if profile:  # py-spy (pip install py-spy) samples ingest while it is purging
             spy = subprocess.Popen(["py-spy", "record", "-p", str(ing.pid), "-o",
@@ -346,7 +344,9 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
         follower_cpu = sum(cpu_seconds(p.pid) for p in followers) - fcpu0
         if spy is not None:
             spy.wait(60)
-        time.sleep(1)
+        time.sleep(2)
+        with Measure(proxy, ing.pid) as idle:  # after the purges: the log is not empty
+            time.sleep(idle_s)
         got: list[dict[str, Any]] = []
         for p in followers:
             assert p.stdin is not None and p.stdout is not None
