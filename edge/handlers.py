@@ -77,7 +77,9 @@ class MediaHandler:
             target = resolve(request.match_info["id"], request.match_info["name"],
                              request.headers.get("Accept", ""), self.transcode)
             try:
-                entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+                peer = request.headers.get(PEER_HEADER)
+                entry, hit = await cache.get(target.cache_key, peer is not None,
+                                             cache.in_region(peer))
             except OSError as exc:
                 if exc.errno not in OUT_OF_FDS:
                     raise
