@@ -211,6 +211,13 @@ default_region = "r0"
     return path, port
 
 
+PINNED = False  # --pin: ingest alone on CPU 0, the followers on CPU 1
+
+
+def pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if PINNED else []
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -306,7 +313,8 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
     ingest = f"http://127.0.0.1:{port}"
     env = _env(s3)
     with ExitStack() as stack:
-        ing = subprocess.Popen([sys.executable, "-m", "scripts", "ingest", "--config", str(cfg)],
+        ing = subprocess.Popen([*pin(0), sys.executable, "-m", "scripts", "ingest",
+                                "--config", str(cfg)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(_stop, ing)
         wait_http(ingest + "/healthz")
@@ -321,7 +329,8 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
         for count in per:
             if not count:
                 continue
-            p = subprocess.Popen([sys.executable, "-m", "scripts.bench.fanout", "--follower",
+            p = subprocess.Popen([*pin(1), sys.executable, "-m", "scripts.bench.fanout",
+                                  "--follower",
                                   ingest, str(first), str(count)], env=env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             stack.callback(_stop, p)
@@ -410,7 +419,11 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10, help="purges per second")
     ap.add_argument("--s3", choices=("auto", "ceph", "moto"), default="auto")
     ap.add_argument("--profile", help="py-spy ingest while purging into PROFILE-N.txt")
+    ap.add_argument("--pin", action="store_true",
+                    help="ingest alone on CPU 0, followers on CPU 1 (as if on other hosts)")
     args = ap.parse_args()
+    global PINNED
+    PINNED = args.pin
     with tempfile.TemporaryDirectory(prefix="mediacdn-fanout-") as d, ExitStack() as stack:
         tmp = Path(d)
         s3 = start_s3(args.s3, tmp, stack)
