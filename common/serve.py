@@ -44,6 +44,11 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     """`send_timeout`: drop connections whose client takes nothing for that long."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            keepalive_timeout=idle_timeout)
+    # Handlers first: a SIGTERM right after the announce must drain, not kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     try:
         # Our own listening socket, so that its options reach every accepted connection.
@@ -55,10 +60,6 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
         bound = runner.addresses[0]
         announce(service, name, f"http://{bound[0]}:{bound[1]}")
         log.info("%s %s listening on %s:%s", service, name, bound[0], bound[1])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("%s %s draining", service, name)
     finally:

@@ -164,7 +164,7 @@ def _ingest(t: Table) -> IngestConfig:
 
 
 def _variant(t: Table) -> Variant:
-    t.only("name", "width", "height", "crop")
+    t.only("name", "width", "height", "crop", "max_height")
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
@@ -172,7 +172,12 @@ def _variant(t: Table) -> Variant:
     height = t.integer("height", None, lo=1, hi=16384)
     if crop != "none" and height is None:
         raise ConfigError(t.key("height"), "is required when crop is set")
-    v = Variant(name=name, width=t.integer("width", lo=1, hi=16384), height=height, crop=crop)
+    max_height = t.integer("max_height", None, lo=1, hi=16384)
+    if max_height is not None and crop != "none":
+        raise ConfigError(t.key("max_height"), "applies to variants without crop (a crop's "
+                                               "height is its height)")
+    v = Variant(name=name, width=t.integer("width", lo=1, hi=16384), height=height, crop=crop,
+                max_height=max_height)
     t.done()
     return v
 

@@ -43,6 +43,7 @@ class Variant:
     width: int
     height: int | None
     crop: CropMode
+    max_height: int | None = None  # fit variants: the height is capped too (very tall sources)
 
     @property
     def is_square_crop(self) -> bool:

@@ -68,11 +68,14 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                     cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
                     cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
                 app[FOLLOWER] = follower
+                # What a previous run last saw of the origin says nothing now.
+                await follower.probe_origin()
                 with contextlib.suppress(MediaCDNError, OSError, aiohttp.ClientError,
                                          TimeoutError):
                     async with asyncio.timeout(cfg.edge.origin_timeout):
                         await follower.catch_up()  # before the first request if we can
-                tasks += [asyncio.create_task(follower.run_forever()),
+                following = asyncio.create_task(follower.run_forever())
+                tasks += [following, asyncio.create_task(follower.beat_forever(following)),
                           asyncio.create_task(follower.probe_origin_forever())]
             try:
                 yield
@@ -89,6 +92,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
         cache = app[CACHE]
         if cache.journal.ready_run != run:
             return "catching up on the purge log"
+        if not cache.journal.serving(run, int(time.time())):
+            return "the node's purge follower is not running"
         if isinstance(cache.disk, NoDiskTier):
             return f"disk cache unusable: {cache.disk.reason}"
         state, at = cache.journal.origin_state()
@@ -100,7 +105,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app.router.add_get("/i/{id}/{name}", media.handle)
     app.router.add_route("*", "/i/{id}/{name}",
                          handlers.Preflight(cfg.edge.cors_allow_origin).handle)
-    add_ops_routes(app, registry, ready, serving=lambda app: app[CACHE].journal.ready_run == run)
+    add_ops_routes(app, registry, ready,
+                   serving=lambda app: app[CACHE].journal.serving(run, int(time.time())))
     app.router.add_post("/_admin/purge", with_problems(admin.purge))
     app.router.add_get("/_admin/stats", with_problems(admin.stats))
     app.router.add_get("/openapi.json", with_problems(_openapi))

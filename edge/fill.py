@@ -35,13 +35,14 @@ class NegativeCache:
         self.ttl = ttl
         self.max_items = max_items
         self._until: OrderedDict[str, float] = OrderedDict()
+        self._by_id: dict[str, set[str]] = {}  # so dropping an id never scans the table
 
     def hit(self, key: str) -> bool:
         until = self._until.get(key)
         if until is None:
             return False
         if until < time.monotonic():
-            del self._until[key]
+            self._forget(key)
             return False
         return True
 
@@ -50,15 +51,31 @@ class NegativeCache:
             return
         self._until[key] = time.monotonic() + self.ttl
         self._until.move_to_end(key)
+        self._by_id.setdefault(key.split("/", 1)[0], set()).add(key)
         while len(self._until) > self.max_items:
-            self._until.popitem(last=False)
+            self._forget(next(iter(self._until)))
+
+    def _forget(self, key: str) -> None:
+        self._until.pop(key, None)
+        image_id = key.split("/", 1)[0]
+        keys = self._by_id.get(image_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_id[image_id]
+
+    def discard_ids(self, ids: set[str]) -> None:
+        for image_id in ids:
+            for key in list(self._by_id.get(image_id, ())):
+                self._forget(key)
 
     def discard_prefix(self, prefix: str) -> None:
         for k in [k for k in self._until if k.startswith(prefix)]:
-            del self._until[k]
+            self._forget(k)
 
     def clear(self) -> None:
         self._until.clear()
+        self._by_id.clear()
 
 
 ORIGINAL = "original"  # the reserved name of the uploaded bytes: /i/{id}/original
@@ -177,6 +194,12 @@ class SingleFlight:
             self._waiters.pop(key, None)
         if not task.cancelled():
             task.exception()  # mark retrieved even if every waiter went away
+
+    def forget_ids(self, ids: set[str]) -> None:
+        """As forget_prefix, for many ids in one pass over the fills in flight."""
+        for key in [k for k in self._inflight if k.split("/", 1)[0] in ids]:
+            del self._inflight[key]
+            self._waiters.pop(key, None)
 
     def forget_prefix(self, prefix: str) -> None:
         """A purge: fills already running finish for their waiters, but requests from now

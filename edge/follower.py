@@ -29,6 +29,10 @@ from origin.purgelog import Batch, Record
 
 log = logging.getLogger("mediacdn.edge.purge")
 ORIGIN_PROBE_SECONDS = 5.0
+ORIGIN_BATCH = 200  # records read from the origin's log per deadline
+HUB_RETRY_SECONDS = 1.0
+BEAT_SECONDS = 1.0
+BEAT_GRACE_SECONDS = 5  # media is refused once the follower's heartbeat is this old
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Follower:
         self.applied = 0
         self.hub_last = 0  # the newest record ingest has told us about
         self.via = "none"
+        self._next_origin_read = 0.0
 
     # -- the cursor on disk ------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -75,13 +80,27 @@ class Follower:
 
     # -- applying ----------------------------------------------------------------------
     async def apply(self, batch: Batch) -> int:
+        """Apply a batch, complete on the node, then move the cursor. If anything fails
+        (a locked or broken disk), the node stops serving media until a retry succeeds: its
+        hot tiers are already dropped, but the disk may still hold the rows."""
+        try:
+            return await self._apply(batch)
+        except BaseException:
+            self.cache.journal.set_ready(0)
+            raise
+
+    async def _apply(self, batch: Batch) -> int:
         if batch.missed:
             log.warning("purge records after %d are gone from the log (compacted or reset): "
                         "dropping the whole cache", self.cursor)
             await self.cache.purge_all()
         if not batch.records:
             if batch.missed:
-                await self._advance(await purgelog.last_seq(self.cache.origin))
+                last = batch.last
+                if last is None:
+                    async with asyncio.timeout(self.s.timeout):
+                        last = await purgelog.last_seq(self.cache.origin)
+                await self._advance(last)
             return 0
         mine = [r for r in batch.records if r.applies_to(self.s.region)]
         if any(r.all for r in mine):
@@ -127,25 +146,33 @@ class Follower:
         return Batch(records)
 
     async def from_origin(self) -> Batch:
+        # Small batches, each under its own deadline: a slow origin still makes progress
+        # (one batch of 1,000 reads under one deadline could time out forever).
         async with asyncio.timeout(self.s.timeout):
             if self.cursor < 0:
                 return Batch([], missed=True)
-            batch = await purgelog.read_after(self.cache.origin, self.cursor)
+            batch = await purgelog.read_after(self.cache.origin, self.cursor, ORIGIN_BATCH)
         self.via = "origin"
+        self._next_origin_read = time.monotonic() + self.s.fallback_seconds
         return batch
 
     async def step(self, wait: float) -> int:
         """One read and apply; the first read of an unknown cursor drops everything."""
         if self.cursor < 0:
             # No cursor kept (a new cache, or an older version's): we cannot know what
-            # this cache missed. Nothing is served until we are caught up, so dropping
-            # everything before learning the newest number loses no record.
-            await self.cache.purge_all()
-            await self._advance(await self._last_known())
+            # this cache missed. Learn the newest number first, then drop everything: a
+            # record landing in between is applied after, not skipped.
+            last = await self._last_known()
+            await self.apply(Batch([], missed=True, last=last))
             return 0
         try:
             batch = await self.from_hub(wait)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+            if self.caught_up and time.monotonic() < self._next_origin_read:
+                # Ingest away: try it again soon, but the origin's log only every
+                # fallback_seconds (its listing is what a fleet must not multiply).
+                await asyncio.sleep(HUB_RETRY_SECONDS)
+                return 0
             log.debug("ingest's purge stream unavailable (%s): reading the origin", exc)
             batch = await self.from_origin()
         return await self.apply(batch)
@@ -172,6 +199,7 @@ class Follower:
             n = await self.step(0)
             if n == 0 and (self.via != "ingest" or self.cursor >= self.hub_last):
                 break
+        self.cache.journal.beat(int(time.time()))
         self.cache.journal.set_ready(self.run)
         log.info("caught up with the purge log at record %d (via %s)", self.cursor, self.via)
 
@@ -184,32 +212,47 @@ class Follower:
                 n = await self.step(self.s.follow_seconds)
                 if n:
                     log.info("applied %d purge record(s) up to %d", n, self.cursor)
-                if self.via == "origin":
-                    await asyncio.sleep(self.s.fallback_seconds)
             except asyncio.CancelledError:
                 raise
             except (MediaCDNError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("purge log unreachable (%s): retrying", exc)
                 await asyncio.sleep(min(1.0, self.s.fallback_seconds))
+            except Exception as exc:  # a locked or broken disk: never stop following
+                log.error("applying purge records failed (%s: %s): media refused until a "
+                          "retry succeeds", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def beat_forever(self, following: asyncio.Task[None]) -> None:
+        """The node's other workers serve media only while this beats: a follower that
+        died or a worker 0 that stalled must not leave them serving what it no longer
+        purges."""
+        while not following.done():
+            self.cache.journal.beat(int(time.time()))
+            await asyncio.sleep(BEAT_SECONDS)
+        log.error("the purge follower stopped: this node refuses media")
 
     @property
     def caught_up(self) -> bool:
         return self.cache.journal.ready_run == self.run
 
+    async def probe_origin(self) -> None:
+        """Readiness without an origin request per probe: this probe's last word, shared
+        with every worker through the journal (and fills update it as they go)."""
+        try:
+            async with asyncio.timeout(self.s.timeout):
+                await self.cache.origin.ping()
+            state = ORIGIN_OK
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure is "down", with the reason in the log
+            log.debug("origin probe failed: %s", exc)
+            state = ORIGIN_DOWN
+        self.cache.journal.set_origin_state(state, int(time.time()))
+
     async def probe_origin_forever(self) -> None:
-        """Readiness without an origin request per probe: this loop's last word, shared."""
         while True:
-            try:
-                async with asyncio.timeout(self.s.timeout):
-                    await self.cache.origin.ping()
-                state = ORIGIN_OK
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure is "down", with the reason in the log
-                log.debug("origin probe failed: %s", exc)
-                state = ORIGIN_DOWN
-            self.cache.journal.set_origin_state(state, int(time.time()))
             await asyncio.sleep(ORIGIN_PROBE_SECONDS)
+            await self.probe_origin()
 
 
 def _record(raw: Any) -> Record:

@@ -37,7 +37,6 @@ class MediaHandler:
         self.stats = stats
         self.transcode = transcode
         self.run = run  # media is served once the node's follower caught up in this run
-        self.caught_up = False
         self.limits = limits
         self.log_hits = log_hits  # misses and errors are always logged
         # Set when the app starts (it lives in its cleanup context).
@@ -50,7 +49,8 @@ class MediaHandler:
         info = request.match_info
         key = f"{info['id']}/{info['name']}"
         hot = cache.memory.get(key)
-        if hot is not None and self.caught_up:
+        now = int(time.time())
+        if hot is not None and cache.journal.serving(self.run, now):
             headers = request.headers
             if "If-None-Match" not in headers and "Range" not in headers:
                 cache.disk.touch(key)
@@ -61,7 +61,7 @@ class MediaHandler:
                 if self.log_hits:
                     log.info("%s %s -> 200 HIT", request.method, request.path,
                              extra={"status": 200, "cache": "HIT", "bytes": hot.size})
-                return HotResponse(hot, int(time.time()), self.limits)
+                return HotResponse(hot, now, self.limits)
         if request.transport is not None:  # aiohttp writes what we return: at our mark
             self.limits.mark(request.transport)
         return await self.full(request, cache)
@@ -69,9 +69,7 @@ class MediaHandler:
     async def full(self, request: web.Request, cache: EdgeCache) -> web.StreamResponse:
         stats = self.stats
         try:
-            if not self.caught_up:
-                self.caught_up = cache.journal.ready_run == self.run
-            if not self.caught_up:
+            if not cache.journal.serving(self.run, int(time.time())):
                 raise ServiceUnavailable("catching up on purges before serving",
                                          headers={"Retry-After": "1"})
             target = resolve(request.match_info["id"], request.match_info["name"],

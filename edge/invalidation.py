@@ -34,11 +34,11 @@ MAX_REMEMBERED = 200_000
 
 class Invalidation:
     def __init__(self, journal: Journal, memory: MemoryTier, negative: NegativeCache,
-                 forget_flights: Callable[[str], None], disk: DiskTier,
+                 forget_flights: Callable[[set[str] | None], None], disk: DiskTier,
                  blocking: Callable[..., Awaitable[object]]) -> None:
         self.journal = journal
         self.memory, self.negative, self.disk = memory, negative, disk
-        self.forget_flights = forget_flights  # in-flight fills of a prefix: start afresh
+        self.forget_flights = forget_flights  # in-flight fills of these ids (None: all)
         self._blocking = blocking
         self.seen = journal.count  # a new worker's tiers are empty: nothing to apply
         self._dropped_at: OrderedDict[str, int] = OrderedDict()  # id -> journal position
@@ -48,7 +48,9 @@ class Invalidation:
 
     # -- every request -----------------------------------------------------------------
     def catch_up(self) -> None:
-        """Apply what other workers (or the follower) wrote to the journal since last time."""
+        """Apply what other workers (or the follower) wrote to the journal since last time:
+        one pass per table for the whole batch (ids are indexed), so a purge of thousands
+        of ids never freezes the loop."""
         count = self.journal.count
         if count == self.seen:
             return
@@ -56,25 +58,30 @@ class Invalidation:
         if entries is None:
             log.warning("fell behind the node's purge journal: dropping this worker's tiers")
             self._drop_everything(count)
-        else:
-            for offset, (kind, image_id) in enumerate(entries):
-                self._apply(kind, image_id, self.seen + offset + 1)
+            self.seen = count
+            return
+        purged: set[str] = set()
+        announced: set[str] = set()
+        for offset, (kind, image_id) in enumerate(entries):
+            position = self.seen + offset + 1
+            if kind == PURGE:
+                purged.add(image_id)
+                self._remember(self._dropped_at, image_id, position)
+            elif kind == ANNOUNCE:
+                # A new upload: only 404s are wrong now (cached, or about to be by a fill
+                # that started before the upload); fills of real bytes stay good.
+                announced.add(image_id)
+                self._remember(self._announced_at, image_id, position)
+            else:  # ALL, or anything unreadable: the safe reading
+                self._drop_everything(position)
+                purged.clear()
+                announced.clear()
         self.seen = count
-
-    def _apply(self, kind: int, image_id: str, position: int) -> None:
-        if kind == ALL or kind not in (PURGE, ANNOUNCE):
-            self._drop_everything(position)
-            return
-        prefix = image_id + "/"
-        self.negative.discard_prefix(prefix)
-        if kind == ANNOUNCE:
-            # A new upload: only 404s are wrong now (cached, or about to be by a fill that
-            # started before the upload); fills of real bytes stay good.
-            self._remember(self._announced_at, image_id, position)
-            return
-        self.memory.discard_prefix(prefix)
-        self.forget_flights(prefix)  # later requests start a fresh fill
-        self._remember(self._dropped_at, image_id, position)
+        if purged:
+            self.memory.discard_ids(purged)
+            self.forget_flights(purged)  # later requests start a fresh fill
+        if purged or announced:
+            self.negative.discard_ids(purged | announced)
 
     def _remember(self, table: OrderedDict[str, int], image_id: str, position: int) -> None:
         table.pop(image_id, None)
@@ -86,7 +93,7 @@ class Invalidation:
     def _drop_everything(self, position: int) -> None:
         self.memory.clear()
         self.negative.clear()
-        self.forget_flights("")
+        self.forget_flights(None)
         self._all_at = position
 
     def token(self) -> int:

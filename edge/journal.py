@@ -1,6 +1,7 @@
 """What the worker processes of one edge node share about invalidation: a small mmap'd file.
 
-    header (64 bytes): count, ready_run, origin_state, origin_checked, cursor  (u64 each)
+    header (64 bytes): count, ready_run, origin_state, origin_checked, cursor, heartbeat
+                       (u64 each)
     ring of RING entries of 40 bytes: kind (1 byte), 7 spare, id (32 bytes)
 
 Whoever purges on the node (the node's log follower, or a worker answering an admin purge)
@@ -10,16 +11,22 @@ those ids from its hot tier, its negative cache and its in-flight fills. A worke
 more than RING entries behind cannot know what it missed and drops everything.
 
 `ready_run` says the node's follower has caught up with the log in this run of the node
-(each run has its own token), `origin_state` what the follower's probe last saw of the
-origin, `cursor` the last log record applied (for stats and lag).
+(each run has its own token), `heartbeat` that it is still alive (a stalled or dead
+follower must not leave its siblings serving what it no longer purges), `origin_state` what
+the follower's probe last saw of the origin, `cursor` the last log record applied.
+
+The file lives in the node's cache directory; if that is unusable, in a directory shared by
+the node's workers under the system temp dir, so the workers still share one journal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import mmap
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,24 +35,31 @@ HEADER = 64
 ENTRY = 40
 PURGE, ALL, ANNOUNCE = 1, 2, 3
 ORIGIN_UNKNOWN, ORIGIN_OK, ORIGIN_DOWN = 0, 1, 2
-_COUNT, _READY, _ORIGIN, _CHECKED, _CURSOR = range(5)
+_COUNT, _READY, _ORIGIN, _CHECKED, _CURSOR, _BEAT = range(6)
+
+
+def _fallback_path(path: Path) -> Path:
+    digest = hashlib.blake2b(str(path.resolve()).encode(), digest_size=8).hexdigest()
+    return Path(tempfile.gettempdir()) / f"mediacdn-journal-{digest}" / path.name
 
 
 class Journal:
     def __init__(self, path: Path) -> None:
         size = HEADER + RING * ENTRY
         self._fd = -1
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            if os.fstat(self._fd).st_size < size:
-                os.ftruncate(self._fd, size)
-            self._map = mmap.mmap(self._fd, size)
-        except OSError:
-            # An unusable cache directory: a single worker still works with private memory.
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        for candidate in (path, _fallback_path(path)):
+            try:
+                candidate.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(candidate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if os.fstat(self._fd).st_size < size:
+                    os.ftruncate(self._fd, size)
+                self._map = mmap.mmap(self._fd, size)
+                break
+            except OSError:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+        else:  # nowhere to share it: one worker still works with private memory
             self._map = mmap.mmap(-1, size)
         self._head = memoryview(self._map)[:HEADER].cast("Q")
 
@@ -67,6 +81,17 @@ class Journal:
     def set_origin_state(self, state: int, at: int) -> None:
         self._head[_CHECKED] = at
         self._head[_ORIGIN] = state
+
+    def serving(self, run: int, now: int, grace: int = 5) -> bool:
+        """Media may be served: the follower caught up in this run and is alive."""
+        return self._head[_READY] == run and now - self._head[_BEAT] <= grace
+
+    @property
+    def heartbeat(self) -> int:
+        return int(self._head[_BEAT])
+
+    def beat(self, now: int) -> None:
+        self._head[_BEAT] = now
 
     @property
     def cursor(self) -> int:

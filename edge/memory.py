@@ -113,6 +113,10 @@ def _fd_budget(reserve: int = 1024) -> int:
     return max(0, soft - reserve)
 
 
+def _id_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
 class MemoryTier:
     def __init__(self, max_bytes: int, max_object_bytes: int,
                  extra_headers: dict[str, str] | None = None) -> None:
@@ -124,6 +128,9 @@ class MemoryTier:
         self.evictions = 0
         self.alloc_failures = 0
         self._items: OrderedDict[str, HotEntry] = OrderedDict()
+        # id -> its keys here: a purge of many ids costs what it drops, not a scan of the
+        # whole tier per id.
+        self._by_id: dict[str, set[str]] = {}
         self._held: set[HotEntry] = set()  # retired, fd still in use by a response
         self._logged_at = -LOG_EVERY_SECONDS
 
@@ -157,9 +164,11 @@ class MemoryTier:
                        entry.stored_at, {**entry.headers, **self.extra_headers})
         self._drop(entry.key)
         self._items[entry.key] = hot
+        self._by_id.setdefault(_id_of(entry.key), set()).add(entry.key)
         self.bytes += hot.size
         while self.bytes > self.max_bytes or len(self._items) > self.max_entries:
-            _, evicted = self._items.popitem(last=False)
+            key, evicted = self._items.popitem(last=False)
+            self._unindex(key)
             self._retire(evicted)
             self.evictions += 1
         self.reap()
@@ -180,12 +189,28 @@ class MemoryTier:
         else:
             hot.close_fd()
 
+    def _unindex(self, key: str) -> None:
+        image_id = _id_of(key)
+        keys = self._by_id.get(image_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_id[image_id]
+
     def _drop(self, key: str) -> bool:
         hot = self._items.pop(key, None)
         if hot is None:
             return False
+        self._unindex(key)
         self._retire(hot)
         return True
+
+    def discard_ids(self, ids: set[str]) -> int:
+        dropped = 0
+        for image_id in ids:
+            for key in list(self._by_id.get(image_id, ())):
+                dropped += self._drop(key)
+        return dropped
 
     def reap(self, force: bool = False) -> None:
         """Forget retired entries whose last user let go (their fds are closed already);

@@ -89,11 +89,14 @@ class EdgeCache:
         return Remembering(inner, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
 
-    def _forget_flights(self, prefix: str) -> None:
-        self.via_origin.forget_prefix(prefix)
-        for flight in (self.via_owner, self.via_shield):
-            if flight is not None:
-                flight.forget_prefix(prefix)
+    def _forget_flights(self, ids: set[str] | None) -> None:
+        for flight in (self.via_origin, self.via_owner, self.via_shield):
+            if flight is None:
+                continue
+            if ids is None:
+                flight.forget_prefix("")
+            else:
+                flight.forget_ids(ids)
 
     @property
     def session(self) -> aiohttp.ClientSession | None:

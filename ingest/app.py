@@ -75,7 +75,9 @@ def create_app(cfg: Config) -> web.Application:
 
     async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         hub = PurgeHub(app[ORIGIN], cfg.ingest.log_poll_seconds,
-                       cfg.edge.purge_retention_seconds)
+                       cfg.edge.purge_retention_seconds,
+                       expected={e.name: e.region for e in cfg.edges},
+                       warmup_seconds=cfg.edge.purge_follow_seconds + cfg.edge.origin_timeout)
         app[HUB] = hub
         with contextlib.suppress(MediaCDNError, OSError, TimeoutError):
             async with asyncio.timeout(cfg.edge.origin_timeout):

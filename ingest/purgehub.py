@@ -29,8 +29,10 @@ KEEP_IN_MEMORY = 10_000
 MAX_PER_ANSWER = 1000
 BETWEEN_POLLS_SECONDS = 3.0
 RECHECK_SECONDS = 0.2  # how often a waiting purge notices a follower that went away
+OWES_ACK_SECONDS = 60.0
 WRITE_ATTEMPTS = 50
 MAX_IDS_PER_RECORD = 10_000  # appends waiting together share a record up to this many ids
+COMPACT_BATCH = 1000  # records looked at per compaction round
 
 
 class Gone(Exception):
@@ -44,16 +46,25 @@ class FollowerState:
     acked: int
     seen_at: float
     transport: asyncio.BaseTransport | None = None  # of its pending long-poll
+    delivered: int = 0  # the newest record handed to it
 
     def connected(self, now: float) -> bool:
-        # Mid-poll on a live connection, or between two polls (they follow each other).
+        # Mid-poll on a live connection; applying what it was handed (an apply may take
+        # a while: it owes us an ack, so it counts, as "pending"); or between two polls.
         if self.transport is not None and not self.transport.is_closing():
+            return True
+        if self.delivered > self.acked and now - self.seen_at <= OWES_ACK_SECONDS:
             return True
         return now - self.seen_at <= BETWEEN_POLLS_SECONDS
 
 
 class PurgeHub:
-    def __init__(self, origin: Origin, poll_seconds: float, retention_seconds: float) -> None:
+    def __init__(self, origin: Origin, poll_seconds: float, retention_seconds: float,
+                 expected: dict[str, str] | None = None, warmup_seconds: float = 0.0) -> None:
+        """`expected`: the configured edges (name -> region). For `warmup_seconds` after a
+        start, before they have had time to reconnect, a purge waits for them too."""
+        self.expected = expected or {}
+        self.warm_at = time.monotonic() + warmup_seconds
         self.origin = origin
         self.poll_seconds = poll_seconds
         self.retention = retention_seconds
@@ -138,9 +149,20 @@ class PurgeHub:
             kind, purge_all, region = key
             ids = sorted(batch.ids)
             seq = self.last + 1
+            failures = 0
             for _ in range(WRITE_ATTEMPTS):
                 rec = purgelog.new_record(seq, kind, ids, purge_all, region)
-                if await purgelog.try_write(self.origin, rec):
+                try:
+                    written = await purgelog.try_write(self.origin, rec)
+                except OriginUnavailable:
+                    # Not a "no": the number may or may not be ours. Ask again for the same
+                    # one (skipping it could leave a hole every reader takes for a reset).
+                    failures += 1
+                    if failures >= 3:
+                        raise
+                    await asyncio.sleep(0.1 * failures)
+                    continue
+                if written:
                     self._hold(rec)
                     return rec
                 # Another ingest took that number: learn what it wrote, take the next one.
@@ -174,9 +196,18 @@ class PurgeHub:
                 log.warning("purge log compaction failed: %s", exc)
 
     async def compact(self) -> int:
-        """Drop records older than the retention, never the newest (it carries the number)."""
+        """Drop records older than the retention, never the newest (it carries the number).
+        Records not held in memory (a log longer than we hold) are read to learn their age."""
         cutoff = time.time_ns() - int(self.retention * 1e9)
-        old = [r.seq for r in self.tail if r.at_ns < cutoff and r.seq < self.last]
+        held = {r.seq: r for r in self.tail}
+        old: list[int] = []
+        for seq in await purgelog.list_seqs(self.origin, -1, COMPACT_BATCH):
+            if seq >= self.last:
+                break
+            rec = held.get(seq) or await purgelog.read_one(self.origin, seq)
+            if rec is not None and rec.at_ns >= cutoff:
+                break  # the log is in order: everything after is younger
+            old.append(seq)
         await purgelog.delete_through(self.origin, old)
         gone = set(old)
         while self.tail and self.tail[0].seq in gone:
@@ -191,6 +222,8 @@ class PurgeHub:
         state = self.followers.get(name)
         if state is None:
             state = self.followers[name] = FollowerState(name, region, cursor, 0.0)
+        if cursor > self.last:
+            cursor = -1  # it knows of records we do not (a reset log): it has applied none
         moved = cursor > state.acked
         state.region, state.seen_at, state.acked = region, time.monotonic(), cursor
         state.transport = transport
@@ -200,6 +233,11 @@ class PurgeHub:
                     w.pending.discard(name)
                     if not w.pending:
                         w.done.set()
+
+    def delivered(self, name: str, seq: int) -> None:
+        state = self.followers.get(name)
+        if state is not None:
+            state.delivered = max(state.delivered, seq)
 
     async def records_after(self, cursor: int, wait: float) -> list[Record]:
         """Records after `cursor`, waiting up to `wait` s for one. Raises Gone when the
@@ -228,9 +266,9 @@ class PurgeHub:
                 break
         return out
 
-    def poll_ended(self, name: str) -> None:
+    def poll_ended(self, name: str, transport: asyncio.BaseTransport | None) -> None:
         state = self.followers.get(name)
-        if state is not None:
+        if state is not None and state.transport is transport:  # not a newer poll's
             state.transport, state.seen_at = None, time.monotonic()
 
     def connected(self, region: str | None) -> list[FollowerState]:
@@ -252,10 +290,10 @@ class PurgeHub:
 
     async def wait_applied(self, rec: Record, limit: float) -> dict[str, bool]:
         """Wait until every connected follower the record applies to has acknowledged it,
-        at most `limit` s. {node: applied}."""
+        at most `limit` s. {node: applied}. Just after a start, configured edges that have
+        not reconnected yet are waited for too (they are not gone, we just restarted)."""
         deadline = time.monotonic() + limit
-        waiter = _Waiter(rec.seq, {f.name for f in self.connected(rec.region)
-                                   if f.acked < rec.seq})
+        waiter = _Waiter(rec.seq, self._pending(rec))
         self._waiters.append(waiter)
         try:
             while waiter.pending:
@@ -265,14 +303,25 @@ class PurgeHub:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, RECHECK_SECONDS)):
                         await waiter.done.wait()
-                # A follower that went away no longer holds the answer back.
-                now = time.monotonic()
-                waiter.pending = {n for n in waiter.pending
-                                  if (f := self.followers.get(n)) is not None
-                                  and f.connected(now) and f.acked < rec.seq}
+                # A follower that went away no longer holds the answer back; one that
+                # came back (or was expected) and has not applied it yet does.
+                waiter.pending = self._pending(rec)
+                if waiter.pending:
+                    waiter.done.clear()
         finally:
             self._waiters.remove(waiter)
-        return {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
+        return self._status(rec)
+
+    def _status(self, rec: Record) -> dict[str, bool]:
+        status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
+        if time.monotonic() < self.warm_at:
+            for name, region in self.expected.items():
+                if rec.region in (None, region):
+                    status.setdefault(name, False)
+        return status
+
+    def _pending(self, rec: Record) -> set[str]:
+        return {name for name, ok in self._status(rec).items() if not ok}
 
 
 @dataclass

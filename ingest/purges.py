@@ -12,6 +12,7 @@ that had not.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -35,6 +36,7 @@ from ingest.store import (
     delete_manifest,
     delete_objects,
     load_manifest,
+    mark_deleting,
     unavailable,
 )
 from origin.purgelog import Record
@@ -42,6 +44,7 @@ from origin.purgelog import Record
 log = logging.getLogger("mediacdn.ingest.purges")
 MAX_IDS = 10_000
 MAX_WAIT_SECONDS = 60.0
+ANNOUNCE_SECONDS = 5.0
 
 
 def add_routes(app: web.Application) -> None:
@@ -108,8 +111,11 @@ async def purge(request: web.Request) -> web.Response:
     status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)
     log.info("purge %d recorded: %s", rec.seq, "all" if purge_all else f"{len(ids)} id(s)",
              extra={"seq": rec.seq, "pending": [n for n, ok in status.items() if not ok]})
+    # 200: applied by every edge it waited for; 202: recorded, some edges still to apply it
+    # (named; they do before they serve again).
     return web.json_response({"seq": rec.seq, "purged": "all" if purge_all else len(ids),
-                              "region": region, "edges": _edges(status)})
+                              "region": region, "edges": _edges(status)},
+                             status=200 if all(status.values()) else 202)
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -120,14 +126,18 @@ async def delete(request: web.Request) -> web.Response:
     origin = request.app[ORIGIN]
     hub = _hub(request)
     try:
-        exists = await load_manifest(origin, image_id) is not None
+        manifest = await load_manifest(origin, image_id, deleting=True)
+        exists = manifest is not None
     except DamagedManifest:
-        exists = True  # damaged or not, it is there to delete
+        manifest, exists = None, True  # damaged or not, it is there to delete
     if not exists:
         raise NotFound(f"no image {image_id}")
-    # Objects first: from here on no edge can fill them. Then the record: every edge drops
-    # what it holds, and a fill that began before is not stored. The manifest goes last,
-    # so a delete cut short anywhere is still visible and can be sent again.
+    # The manifest is marked first: an upload of the same bytes then rebuilds the image
+    # instead of trusting a manifest whose objects may be gone. Objects next: from there on
+    # no edge can fill them. Then the record: every edge drops what it holds, and a fill
+    # that began before is not stored. The manifest goes last, so a delete cut short
+    # anywhere is still visible to a delete sent again.
+    await mark_deleting(origin, image_id, manifest)
     await delete_objects(origin, image_id)
     rec = await _record(hub, "delete", [image_id], False, None)
     await delete_manifest(origin, image_id)
@@ -170,14 +180,20 @@ async def follow(request: web.Request) -> web.Response:
         return web.json_response({"detail": str(exc)}, status=410)
     finally:
         if node:
-            hub.poll_ended(node)
+            hub.poll_ended(node, request.transport)
+    if node and records:
+        hub.delivered(node, records[-1].seq)
     return web.Response(body=hub.answer(records, after), content_type="application/json")
 
 
 async def announce(hub: PurgeHub, image_id: str) -> None:
     """A new upload: edges drop any 404 they cached for it. Best effort: the image is
     stored either way, and a cached 404 expires on its own."""
+    if not hub.loaded:  # it would re-read the whole log inside an upload: skip it
+        log.warning("purge log not loaded: %s not announced to the edges", image_id)
+        return
     try:
-        await hub.append("announce", [image_id])
-    except (OriginUnavailable, OriginTimeout) as exc:
+        async with asyncio.timeout(ANNOUNCE_SECONDS):
+            await hub.append("announce", [image_id])
+    except (OriginUnavailable, OriginTimeout, TimeoutError) as exc:
         log.warning("could not announce %s to the edges: %s", image_id, exc)

@@ -30,7 +30,11 @@ class DamagedManifest(OriginUnavailable):
     """A manifest at the origin that is not the JSON we wrote."""
 
 
-async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
+async def load_manifest(origin: Origin, image_id: str,
+                        deleting: bool = False) -> dict[str, Any] | None:
+    """The image's manifest; None if it has none, or (unless `deleting`) if a delete of it
+    began and was cut short: its objects may be gone, so it is not an image any more
+    (an upload of the same bytes rebuilds it; a delete sent again finishes)."""
     try:
         _, data = await origin.read(K.manifest(image_id))
     except NotFound:
@@ -44,7 +48,19 @@ async def load_manifest(origin: Origin, image_id: str) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError) as exc:
         raise DamagedManifest(f"the manifest of {image_id} at the origin is damaged; "
                               "uploading the image again rewrites it") from exc
+    if manifest.get("deleting") is True and not deleting:
+        return None
     return manifest
+
+
+async def mark_deleting(origin: Origin, image_id: str, manifest: dict[str, Any] | None) -> None:
+    """First step of a delete: from here on the image is gone for uploads and reads."""
+    marked = dict(manifest or {"id": image_id, "variants": []}, deleting=True)
+    try:
+        await origin.put(K.manifest(image_id), M.encode(marked), "application/json",
+                         {"blake3": image_id})
+    except (OriginUnavailable, OriginTimeout) as exc:
+        raise unavailable(exc) from exc
 
 
 async def store(origin: Origin, upload: Upload, header: Header, ladder: Ladder) -> dict[str, Any]:

@@ -128,14 +128,20 @@ class Batch:
 
     records: list[Record]
     missed: bool = False
+    last: int | None = None  # with `missed` and no records: where the log ends, if known
 
 
 async def read_after(origin: Origin, cursor: int, limit: int = 1000,
                      parallel: int = 32) -> Batch:
     seqs = await list_seqs(origin, cursor, limit)
     if not seqs:
-        if cursor > 0 and not await _exists(origin, cursor) and await last_seq(origin) < cursor:
-            return Batch([], missed=True)  # the log is behind us: it was reset
+        # Compaction never removes the newest record, so ours is there unless the log was
+        # reset (one HEAD; never a listing of the whole log on an idle poll).
+        if cursor > 0:
+            try:
+                await origin.head(key_of(cursor))
+            except NotFound:
+                return Batch([], missed=True)
         return Batch([])
     missed = False
     if seqs[0] != cursor + 1:
@@ -159,17 +165,6 @@ async def read_after(origin: Origin, cursor: int, limit: int = 1000,
             break  # a hole in the listing: stop at it, the next read fills it in
         records.append(rec)
     return Batch(records, missed)
-
-
-async def _exists(origin: Origin, seq: int) -> bool:
-    # One request, where last_seq lists the whole log (a page per 1,000 records) on every
-    # idle poll: the newest record is never compacted, so while it exists the log is not
-    # behind the cursor.
-    try:
-        await origin.head(key_of(seq))
-    except NotFound:
-        return False
-    return True
 
 
 async def delete_through(origin: Origin, seqs: list[int]) -> None:

@@ -217,9 +217,10 @@ class S3Origin:
                                       ContentType=content_type, IfNoneMatch="*")
         except ClientError as exc:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            # 412: someone created it first; 409: a concurrent conditional write is in
-            # progress (AWS). Either way the name is not ours: the caller re-reads.
-            if status in (409, 412):
+            # 412: someone created it first: the name is not ours. (409, a concurrent
+            # conditional write in progress on AWS, is not a "no": it is raised, and the
+            # caller asks for the same name again.)
+            if status == 412:
                 return False
             raise translate(exc, key) from exc
         except (TimeoutError, BotoCoreError, OSError) as exc:

@@ -134,6 +134,8 @@ MEANING: dict[str, str] = {
     "transcode.variants[].crop": "`none`: fit to `width`, aspect kept, never upscaled; "
                                  "`centre` or `attention`: crop to `width` x `height`.",
     "transcode.variants[].height": "Height of a cropped variant (required with `crop`).",
+    "transcode.variants[].max_height": "Optional, fit variants only: the height is capped too "
+                                       "(aspect kept), so very tall sources stay bounded.",
     "transcode.variants[].width": "Width in pixels.",
     "transcode.formats": "Formats of every variant among `avif`, `webp`, `jpg`; negotiation "
                          "prefers avif > webp > jpg.",

@@ -101,7 +101,7 @@ async def _ingest_call(session: aiohttp.ClientSession, method: str, url: str, to
                                headers={"Authorization": f"Bearer {token}"}) as r:
         if r.status >= 400:
             raise IngestRefused(await _problem(r))
-        return r.status, (await r.json() if r.status == 200 else dict(r.headers))
+        return r.status, (await r.json() if r.status in (200, 202) else dict(r.headers))
 
 
 class IngestRefused(Exception):

@@ -51,6 +51,67 @@ def _grey_alpha() -> bytes:
     return images.encode(img, "PNG")
 
 
+def _ispe(data: bytes, width: int, height: int) -> bytes:
+    """The HEIF image spatial extents box rewritten to claim another size."""
+    out = bytearray(data)
+    i = out.index(b"ispe")
+    struct.pack_into(">II", out, i + 8, width, height)
+    return bytes(out)
+
+
+def _tiff_declaring(data: bytes, width: int, height: int) -> bytes:
+    """A little-endian TIFF whose first IFD claims another ImageWidth/ImageLength."""
+    out = bytearray(data)
+    ifd = struct.unpack_from("<I", out, 4)[0]
+    for n in range(struct.unpack_from("<H", out, ifd)[0]):
+        entry = ifd + 2 + 12 * n
+        tag = struct.unpack_from("<H", out, entry)[0]
+        if tag in (256, 257):
+            struct.pack_into("<HHII", out, entry, tag, 4, 1, width if tag == 256 else height)
+    return bytes(out)
+
+
+def _tiff_ifd_loop(data: bytes) -> bytes:
+    """The first IFD names itself as the next one: a reader that follows it never ends."""
+    out = bytearray(data)
+    ifd = struct.unpack_from("<I", out, 4)[0]
+    struct.pack_into("<I", out, ifd + 2 + 12 * struct.unpack_from("<H", out, ifd)[0], ifd)
+    return bytes(out)
+
+
+def _bmp_declaring(data: bytes, width: int, height: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into("<ii", out, 18, width, height)
+    return bytes(out)
+
+
+def new_formats() -> list[tuple[str, bytes, int]]:
+    heic = images.iphone_heic(320, 200)
+    tiff = images.tiff_pages(1, (320, 200))
+    bmp = images.bmp(320, 200)
+    items: list[tuple[str, bytes, int]] = []
+    for name, data in (("heic", heic), ("tiff", tiff), ("bmp", bmp)):
+        for cut in (0.05, 0.5, 0.9, 0.99):
+            items.append((f"truncated-{name}-{cut}", images.cut(data, cut), 422))
+    items += [
+        ("heic-declares-100000x100000", _ispe(heic, 100_000, 100_000), 422),
+        ("heic-declares-less-than-it-holds", _ispe(heic, 16, 16), 422),
+        ("heic-declares-more-than-it-holds", _ispe(heic, 8000, 6000), 422),
+        ("heic-300-images", images.many_image_heic(300), 422),
+        ("tiff-declares-100000x100000", _tiff_declaring(tiff, 100_000, 100_000), 422),
+        ("tiff-declares-more-than-it-holds", _tiff_declaring(tiff, 8000, 6000), 422),
+        ("tiff-300-pages", images.tiff_pages(300, (8, 8)), 422),
+        ("tiff-ifd-loop", _tiff_ifd_loop(tiff), 201),  # the first page is whole: served
+        ("tiff-60mp-of-zeros-deflated", images.encode(
+            Image.new("L", (10_000, 6_000)), "TIFF", compression="tiff_deflate"), 422),
+        ("bmp-declares-100000x100000", _bmp_declaring(bmp, 100_000, 100_000), 422),
+        ("bmp-declares-more-than-it-holds", _bmp_declaring(bmp, 4000, 3000), 422),
+        ("heic-magic-random", heic[:32] + bytes(range(256)) * 8, 422),
+        ("tiff-magic-random", b"II*\x00" + bytes(range(256)) * 8, 422),
+    ]
+    return items
+
+
 def corpus() -> list[tuple[str, bytes, int]]:
     jpeg = images.jpeg(images.photo(1200, 800))
     png = images.png_alpha()
@@ -87,5 +148,8 @@ def corpus() -> list[tuple[str, bytes, int]]:
         ("exif-orientation-0", _exif_orientation(0), 201),
         ("exif-orientation-9", _exif_orientation(9), 201),
         ("exif-orientation-65535", _exif_orientation(65535), 201),
+        ("iphone-heic", images.iphone_heic(), 201),
+        ("tiff-3-pages", images.tiff_pages(3), 201),
+        ("bmp", images.bmp(), 201),
     ]
-    return items
+    return items + new_formats()

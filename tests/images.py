@@ -118,12 +118,16 @@ ZIP = b"PK\x03\x04" + b"\x00" * 26 + b"hello"
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
 
 
-def noisy_jpeg(width: int = 1600, height: int = 1200) -> bytes:
-    """Incompressible pixels: a JPEG of a few MB, bigger than the upload spool threshold."""
+def noisy(width: int, height: int) -> Image.Image:
+    """Incompressible pixels."""
     import os
 
-    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
-    return jpeg(img)
+    return Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+
+
+def noisy_jpeg(width: int = 1600, height: int = 1200) -> bytes:
+    """A JPEG of a few MB, bigger than the upload spool threshold."""
+    return jpeg(noisy(width, height))
 
 
 def big_png(width: int = 2000, height: int = 1000) -> bytes:
@@ -151,3 +155,70 @@ def p3_jpeg() -> bytes:
     img = pyvips.Image.new_from_memory(photo(w, h).tobytes(), w, h, 3, "uchar")
     img = img.icc_export(output_profile="p3")
     return bytes(img.jpegsave_buffer(Q=92, keep="icc"))
+
+
+def heic(img: Image.Image, exif: bytes | None = None, **save: object) -> bytes:
+    """HEIC (HEVC in HEIF) by pillow-heif's own encoder."""
+    import pillow_heif
+
+    buf = io.BytesIO()
+    options: dict[str, object] = {"quality": 80, **save}
+    if exif:
+        options["exif"] = exif
+    pillow_heif.from_pillow(img).save(buf, **options)
+    return buf.getvalue()
+
+
+def iphone_heic(width: int = 800, height: int = 400) -> bytes:
+    """As an iPhone writes it: pixels stored turned (sensor orientation), an `irot`
+    transform, EXIF orientation 6 as well (the decoder must not turn twice), a maker and GPS."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "CameraMaker"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)})
+    stored = photo(width, height).transpose(STORE_FOR_ORIENTATION[6])  # type: ignore[arg-type]
+    return heic(stored, exif.tobytes())
+
+
+def many_image_heic(count: int) -> bytes:
+    import pillow_heif
+
+    imgs = [Image.frombytes("L", (2, 2), bytes([i % 256, i // 256, 0, 255])).convert("RGB")
+            for i in range(count)]
+    heif = pillow_heif.from_pillow(imgs[0])
+    for img in imgs[1:]:
+        heif.add_from_pillow(img)
+    buf = io.BytesIO()
+    heif.save(buf, quality=50)
+    return buf.getvalue()
+
+
+def tiff_pages(pages: int, size: tuple[int, int] = (300, 200), **save: object) -> bytes:
+    """The photo first, then pages of other sizes and colours."""
+    rest = [Image.new("RGB", (50 + i % 7, 40), (0, 200, i % 256)) for i in range(pages - 1)]
+    return encode(photo(*size), "TIFF", save_all=True, append_images=rest, **save)
+
+
+def bmp(width: int = 400, height: int = 300) -> bytes:
+    return encode(photo(width, height), "BMP")
+
+
+def muted_photo(width: int = 800, height: int = 400) -> Image.Image:
+    """Colours a press can print (inside the CMYK gamut), so a CMYK copy can match."""
+    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, width // 4, height // 4), fill=(190, 90, 80))
+    draw.rectangle((width * 3 // 4, height * 3 // 4, width, height), fill=(80, 100, 170))
+    draw.rectangle((width * 3 // 8, height * 3 // 8, width * 5 // 8, height * 5 // 8),
+                   fill=(90, 160, 90))
+    return img
+
+
+def press_cmyk_jpeg(img: Image.Image) -> bytes:
+    """`img` separated to CMYK with a press profile (libvips' built-in one), as a print
+    workflow does, and saved without the profile (as many such files are)."""
+    import pyvips
+
+    rgb = pyvips.Image.new_from_memory(img.tobytes(), img.width, img.height, 3, "uchar")
+    cmyk = rgb.copy(interpretation="srgb").icc_export(output_profile="cmyk")
+    return bytes(cmyk.jpegsave_buffer(Q=95, keep="none"))

@@ -108,6 +108,8 @@ BAD = [
     (["transcode", "formats"], ["gif"], "transcode.formats"),
     (["transcode", "variants", 0, "name"], "../x", "transcode.variants[0].name"),
     (["transcode", "variants", 3, "height"], None, "transcode.variants[3].height"),
+    (["transcode", "variants", 3, "max_height"], 300, "transcode.variants[3].max_height"),
+    (["transcode", "variants", 0, "max_height"], 0, "transcode.variants[0].max_height"),
     (["secrets", "api_key_env"], "not a name", "secrets.api_key_env"),
     (["edge", "cache_bytes"], True, "edge.cache_bytes"),
     (["log_level"], "loud", "log_level"),
@@ -139,6 +141,13 @@ def test_short_or_shared_secrets_are_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(copy.deepcopy(DEFAULT), same, Path("t.toml"))
     assert info.value.key == "MEDIACDN_ADMIN_TOKEN"
+
+
+def test_max_height_is_read_for_fit_variants() -> None:
+    raw = _mutate(["transcode", "variants", 0, "max_height"], 2000)
+    cfg = parse_config(raw, {}, Path("t.toml"))
+    assert cfg.transcode.variants[0].max_height == 2000
+    assert cfg.transcode.variants[1].max_height is None
 
 
 def _shields(**by_region: str) -> dict[str, Any]:

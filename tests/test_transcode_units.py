@@ -31,6 +31,11 @@ def test_gif_cut_anywhere_is_refused() -> None:
         (images.animated_webp(), SourceFormat.WEBP),
         (images.avif(64, 48), SourceFormat.AVIF),
         (images.jpeg() + images.ZIP, SourceFormat.JPEG),  # a polyglot is judged by its head
+        (images.heic(images.photo(64, 48)), SourceFormat.HEIF),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00heicmif1", SourceFormat.HEIF),
+        (images.tiff_pages(2), SourceFormat.TIFF),
+        (images.encode(images.photo(64, 48), "TIFF", compression="tiff_lzw"), SourceFormat.TIFF),
+        (images.encode(images.photo(64, 48), "BMP"), SourceFormat.BMP),
     ],
 )
 def test_sniff_formats(data: bytes, fmt: SourceFormat) -> None:
@@ -40,8 +45,10 @@ def test_sniff_formats(data: bytes, fmt: SourceFormat) -> None:
 @pytest.mark.parametrize(
     "data",
     [images.SVG, images.PDF, images.HTML, images.TEXT, images.ZIP, images.ELF, b"", b"\xff",
-     b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00heicmif1"],
+     b"BM is two letters of text, not a bitmap",
+     b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"],
 )
 def test_sniff_refuses_non_images(data: bytes) -> None:
-    with pytest.raises(UnsupportedMediaType):
+    with pytest.raises(UnsupportedMediaType) as err:
         sniff(data[:64])
+    assert "HEIC" in err.value.detail and "TIFF" in err.value.detail and "BMP" in err.value.detail

@@ -13,6 +13,9 @@ class SourceFormat(Enum):
     GIF = "gif"
     WEBP = "webp"
     AVIF = "avif"
+    HEIF = "heif"  # HEIC (HEVC in HEIF): iPhone photos
+    TIFF = "tiff"
+    BMP = "bmp"
 
 
 MEDIA_TYPES = {"avif": "image/avif", "webp": "image/webp", "jpg": "image/jpeg"}
@@ -22,8 +25,22 @@ SOURCE_MEDIA_TYPES = {
     SourceFormat.GIF: "image/gif",
     SourceFormat.WEBP: "image/webp",
     SourceFormat.AVIF: "image/avif",
+    SourceFormat.HEIF: "image/heic",
+    SourceFormat.TIFF: "image/tiff",
+    SourceFormat.BMP: "image/bmp",
 }
+# Formats whose extra frames are an animation; TIFF pages and HEIF images are not.
+ANIMATED = {SourceFormat.GIF, SourceFormat.WEBP, SourceFormat.AVIF}
+# Decoded outside libvips (pyvips-binary has no HEVC decoder and no BMP loader).
+FOREIGN = {SourceFormat.HEIF, SourceFormat.BMP}
+ACCEPTED = "JPEG, PNG, GIF, WebP, AVIF, HEIC/HEIF, TIFF or BMP"
+
 AVIF_BRANDS = {b"avif", b"avis"}
+# HEVC-coded HEIF brands (ISO/IEC 23008-12 Annex B), and the generic image/sequence brands.
+HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+HEIF_BRANDS = {b"mif1", b"msf1"}
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+BMP_DIB_SIZES = {12, 40, 52, 56, 64, 108, 124}  # BITMAPCOREHEADER .. BITMAPV5HEADER
 
 
 def sniff(head: bytes) -> SourceFormat:
@@ -36,17 +53,30 @@ def sniff(head: bytes) -> SourceFormat:
         return SourceFormat.GIF
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return SourceFormat.WEBP
-    if head[4:8] == b"ftyp" and _is_avif(head):
-        return SourceFormat.AVIF
+    if head[4:8] == b"ftyp":
+        brands = _brands(head)
+        if brands & AVIF_BRANDS:
+            return SourceFormat.AVIF
+        if brands & (HEIC_BRANDS | HEIF_BRANDS):
+            return SourceFormat.HEIF
+    if head[:4] in TIFF_MAGIC:
+        return SourceFormat.TIFF
+    if _is_bmp(head):
+        return SourceFormat.BMP
     raise UnsupportedMediaType(
-        "not a supported image: send JPEG, PNG, GIF, WebP or AVIF (judged from the bytes)"
-    )
+        f"not a supported image: send {ACCEPTED} (judged from the bytes)")
 
 
-def _is_avif(head: bytes) -> bool:
+def _brands(head: bytes) -> set[bytes]:
     # ISO BMFF: size(4) 'ftyp' major_brand(4) minor_version(4) compatible_brands(4 each)
     size = int.from_bytes(head[:4], "big")
     if size < 16 or size > len(head):
         size = min(len(head), 64)
-    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, size - 3, 4)}
-    return bool(brands & AVIF_BRANDS)
+    return {head[8:12]} | {head[i : i + 4] for i in range(16, size - 3, 4)}
+
+
+def _is_bmp(head: bytes) -> bool:
+    # "BM" alone is two bytes of text: also ask for the zero reserved words and a known
+    # DIB header size (BITMAPFILEHEADER, then the DIB header's own size field).
+    return (len(head) >= 18 and head[:2] == b"BM" and head[6:10] == b"\x00" * 4
+            and int.from_bytes(head[14:18], "little") in BMP_DIB_SIZES)

@@ -50,35 +50,40 @@ class Deadline:
             raise UnprocessableImage("the image took too long to process")
 
 
+def _target(v: Variant, w: int, h: int) -> tuple[int, int]:
+    """The size variant `v` gets from a w x h source (a crop: before the crop)."""
+    if v.is_square_crop:
+        assert v.height is not None
+        scale = min(1.0, max(v.width / w, v.height / h))
+        return max(v.width, round(w * scale)), max(v.height, round(h * scale))
+    return steps.fit_size(w, h, v)
+
+
 def _needed_box(cfg: TranscodeConfig, w: int, h: int) -> tuple[int, int]:
     """The smallest decode that still covers every variant without upscaling."""
     need_w, need_h = 1, 1
     for v in cfg.variants:
-        if v.is_square_crop:
-            assert v.height is not None
-            scale = max(v.width / w, v.height / h)
-            need_w, need_h = max(need_w, round(w * scale)), max(need_h, round(h * scale))
-        else:
-            need_w = max(need_w, v.width)
-            need_h = max(need_h, round(h * v.width / w))
+        tw, th = _target(v, w, h)
+        need_w, need_h = max(need_w, tw), max(need_h, th)
     return min(need_w, w), min(need_h, h)
 
 
-def _covers(img: pyvips.Image, v: Variant) -> bool:
+def _covers(img: pyvips.Image, v: Variant, target: tuple[int, int]) -> bool:
     if v.is_square_crop:
         assert v.height is not None
         return bool(min(img.width, img.height) >= max(v.width, v.height))
-    return bool(img.width >= v.width)
+    return bool(img.width >= target[0] and img.height >= target[1])
 
 
 def _sized(base: pyvips.Image, cfg: TranscodeConfig, deadline: Deadline) -> list[pyvips.Image]:
     """Each variant's pixels, in ladder order, cascading from big to small."""
     made: list[pyvips.Image] = []
-    order = sorted(range(len(cfg.variants)), key=lambda i: -cfg.variants[i].width)
+    targets = [_target(v, base.width, base.height) for v in cfg.variants]
+    order = sorted(range(len(cfg.variants)), key=lambda i: -targets[i][0] * targets[i][1])
     out: dict[int, pyvips.Image] = {}
     for i in order:
         v = cfg.variants[i]
-        sources = [m for m in made if _covers(m, v)]
+        sources = [m for m in made if _covers(m, v, targets[i])]
         src = min(sources, key=lambda m: m.width) if sources else base
         img = steps.resize_for(src, v).copy_memory()
         if not v.is_square_crop:
@@ -88,15 +93,22 @@ def _sized(base: pyvips.Image, cfg: TranscodeConfig, deadline: Deadline) -> list
     return [out[i] for i in range(len(cfg.variants))]
 
 
-def _animated(frames: pyvips.Image, cfg: TranscodeConfig, v: Variant) -> pyvips.Image:
+def _animated(frames: pyvips.Image, v: Variant) -> pyvips.Image:
+    """Every frame sized for `v`; a crop's window is found once, on the first frame, and
+    applied to all of them, so the animation and the still of the first frame agree."""
     page_h = int(frames.get("page-height")) if "page-height" in frames.get_fields() \
         else frames.height
     count = frames.height // page_h
+    window = None
+    if v.is_square_crop:
+        window = steps.crop_window(steps.cover(frames.crop(0, 0, frames.width, page_h), v), v)
     pieces = []
-    centre = Variant(v.name, v.width, v.height, "centre" if v.crop != "none" else "none")
     for n in range(count):
         frame = frames.crop(0, n * page_h, frames.width, page_h)
-        pieces.append(steps.resize_for(frame, centre))
+        if window is None:
+            pieces.append(steps.fit(frame, v))
+        else:
+            pieces.append(steps.cover(frame, v).crop(*window))
     out = pyvips.Image.arrayjoin(pieces, across=1).copy_memory()
     out.set_type(pyvips.GValue.gint_type, "page-height", pieces[0].height)
     for name in ("delay", "loop"):
@@ -126,10 +138,14 @@ def build(source: steps.Source, header: Header, cfg: TranscodeConfig) -> Ladder:
     frames = steps.to_srgb(steps.load_frames(source)) if header.animated else None
     outputs: list[Encoded] = []
     for v, img in zip(cfg.variants, stills, strict=True):
+        # An animation's still formats take its first frame (encode crops it), so a crop is
+        # the same in every format.
+        src = _animated(frames, v) if frames is not None else img
+        height = int(src.get("page-height")) if "page-height" in src.get_fields() \
+            else src.height
         for fmt in cfg.formats:
-            src = _animated(frames, cfg, v) if frames is not None and fmt == "webp" else img
             encoded = steps.encode(src, fmt, cfg)
-            outputs.append(Encoded(v.name, fmt, img.width, img.height, encoded))
+            outputs.append(Encoded(v.name, fmt, src.width, height, encoded))
             deadline.check()
     placeholder, dominant = _placeholder(min(stills, key=lambda i: i.width * i.height))
     return Ladder(w, h, tuple(outputs), placeholder, dominant)

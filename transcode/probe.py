@@ -8,7 +8,8 @@ import pyvips
 
 from common.errors import UnprocessableImage
 from config.schema import IngestConfig
-from transcode.formats import SourceFormat, sniff
+from transcode import foreign
+from transcode.formats import ANIMATED, FOREIGN, SourceFormat, sniff
 
 
 @dataclass(frozen=True)
@@ -16,12 +17,12 @@ class Header:
     format: SourceFormat
     width: int  # as stored, before EXIF orientation
     height: int  # of one frame
-    frames: int
+    frames: int  # animation frames, TIFF pages or HEIF top-level images: all count for limits
     orientation: int
 
     @property
     def animated(self) -> bool:
-        return self.frames > 1
+        return self.frames > 1 and self.format in ANIMATED
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -34,6 +35,11 @@ class Header:
 def probe(source: bytes | str, head: bytes, limits: IngestConfig) -> Header:
     """`head`: the first bytes, for the type; `source`: the bytes or their file."""
     fmt = sniff(head[:64])
+    if fmt in FOREIGN:
+        fh = foreign.read_header(source, fmt)
+        header = Header(fmt, fh.width, fh.height, fh.pages, 1)  # HEIF: already upright
+        check_limits(header, limits)
+        return header
     try:
         if isinstance(source, bytes):
             img = pyvips.Image.new_from_buffer(source, "", access="sequential")

@@ -12,7 +12,8 @@ import pyvips
 
 from common.errors import UnprocessableImage
 from config.schema import TranscodeConfig, Variant
-from transcode.formats import SourceFormat
+from transcode import foreign
+from transcode.formats import FOREIGN, SourceFormat
 from transcode.probe import Header
 
 # Strict enough to reject truncated and corrupt data, lenient on harmless warnings.
@@ -46,7 +47,10 @@ def load(source: Source, header: Header, need_width: int, need_height: int) -> p
     elif header.format is SourceFormat.WEBP and factor >= 2 and not header.animated:
         options["scale"] = 1 / factor
     try:
-        img = open_image(source, **options)
+        if header.format in FOREIGN:  # whole decode by its own library, then the same path
+            img = foreign.decode(source, header.format, (header.width, header.height))
+        else:  # TIFF: the first page only (libvips' default)
+            img = open_image(source, **options)
         scale = max(need_width / img.width, need_height / img.height)
         if scale < 1:
             img = _resize(img, max(1, round(img.width * scale)),
@@ -71,11 +75,16 @@ def autorotate(img: pyvips.Image) -> pyvips.Image:
 def to_srgb(img: pyvips.Image) -> pyvips.Image:
     """8-bit sRGB (with alpha if there was alpha), using the embedded ICC profile if any."""
     has_icc = "icc-profile-data" in img.get_fields()
-    if has_icc or img.interpretation == "cmyk":
+    cmyk = img.interpretation == "cmyk"
+    if has_icc or cmyk:
         try:
-            img = img.icc_transform("srgb", embedded=True, intent="perceptual",
-                                    input_profile="cmyk" if img.interpretation == "cmyk"
-                                    else "srgb", depth=8)
+            # CMYK without a profile: libvips' built-in press profile as the fallback, read
+            # relative-colorimetric: its perceptual table shifted a CMYK file's mean colour by
+            # up to 11 levels (darker, yellower) against the RGB it was made from; relative
+            # stays within 3.
+            img = img.icc_transform("srgb", embedded=True,
+                                    intent="relative" if cmyk else "perceptual",
+                                    input_profile="cmyk" if cmyk else "srgb", depth=8)
         except pyvips.Error:
             # A malformed profile must not sink the upload: fall back to the maths.
             img = img.copy()
@@ -106,23 +115,55 @@ def fit_width(img: pyvips.Image, width: int) -> pyvips.Image:
     return _resize(img, width, height)
 
 
-def square_crop(img: pyvips.Image, v: Variant) -> pyvips.Image:
-    """Cover a width x height box (never upscaling), then crop to it."""
+def fit_size(width: int, height: int, v: Variant) -> tuple[int, int]:
+    """What a fit variant makes of a width x height source: at most v.width wide and, if
+    set, v.max_height tall, aspect kept, never upscaled."""
+    scale = min(1.0, v.width / width)
+    if v.max_height is not None:
+        scale = min(scale, v.max_height / height)
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit(img: pyvips.Image, v: Variant) -> pyvips.Image:
+    size = fit_size(img.width, img.height, v)
+    return img if size == (img.width, img.height) else _resize(img, *size)
+
+
+def cover(img: pyvips.Image, v: Variant) -> pyvips.Image:
+    """Scale down (never up) until the image just covers the v.width x v.height box."""
     assert v.height is not None
     scale = min(1.0, max(v.width / img.width, v.height / img.height))
-    if scale < 1.0:
-        img = _resize(img, max(v.width, round(img.width * scale)),
-                      max(v.height, round(img.height * scale)))
-    w, h = min(v.width, img.width), min(v.height, img.height)
-    if (w, h) == (img.width, img.height):
+    if scale >= 1.0:
         return img
-    if v.crop == "attention":
-        return img.smartcrop(w, h, interesting="attention")
-    return img.crop((img.width - w) // 2, (img.height - h) // 2, w, h)
+    return _resize(img, max(v.width, round(img.width * scale)),
+                   max(v.height, round(img.height * scale)))
+
+
+def crop_window(img: pyvips.Image, v: Variant) -> tuple[int, int, int, int]:
+    """left, top, width, height of the crop in a covering image: computed once per source
+    and variant, so every format and every frame of an animation gets the same crop."""
+    assert v.height is not None
+    w, h = min(v.width, img.width), min(v.height, img.height)
+    if v.crop == "attention" and (w, h) != (img.width, img.height):
+        _, found = img.smartcrop(w, h, interesting="attention", attention_x=True,
+                                 attention_y=True)
+        left = min(max(0, int(found["attention_x"]) - w // 2), img.width - w)
+        top = min(max(0, int(found["attention_y"]) - h // 2), img.height - h)
+        return left, top, w, h
+    return (img.width - w) // 2, (img.height - h) // 2, w, h
+
+
+def square_crop(img: pyvips.Image, v: Variant) -> pyvips.Image:
+    """Cover a width x height box (never upscaling), then crop to it."""
+    img = cover(img, v)
+    window = crop_window(img, v)
+    return img if window == (0, 0, img.width, img.height) else img.crop(*window)
 
 
 def resize_for(img: pyvips.Image, v: Variant) -> pyvips.Image:
-    return square_crop(img, v) if v.is_square_crop else fit_width(img, v.width)
+    return square_crop(img, v) if v.is_square_crop else fit(img, v)
 
 
 def strip(img: pyvips.Image) -> pyvips.Image:
