@@ -225,12 +225,14 @@ def _env(s3: S3) -> dict[str, str]:
                 PYTHONPATH=str(ROOT))
 
 
-def write_config(tmp: Path, proxy: str, bucket: str) -> tuple[Path, int]:
+def write_config(tmp: Path, proxy: str, bucket: str, n: int) -> tuple[Path, int]:
     port = free_port()
     regions = "".join(f'[[regions]]\nname = "{r}"\nlat = 0\nlon = {i * 10}\n'
                       for i, r in enumerate(REGIONS))
-    edges = "".join(f'[[edges]]\nname = "e-{r}"\nregion = "{r}"\nport = {free_port()}\n'
-                    for r in REGIONS)
+    # The followers are the configured edges (ingest waits for those it expects just
+    # after a start); their ports are never listened on.
+    edges = "".join(f'[[edges]]\nname = "f{i}"\nregion = "{REGIONS[i % 3]}"\n'
+                    f'port = {20000 + i}\n' for i in range(max(n, 3)))
     path = tmp / f"{bucket}.toml"
     path.write_text(f"""
 log_level = "warning"
@@ -315,8 +317,8 @@ async def drive(ingest: str, rate: float, seconds: float) -> list[tuple[int, flo
         async with session.post(f"{ingest}/v1/purges", json=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=30)) as r:
             answer = await r.json()
-            if r.status != 200:
-                raise RuntimeError(f"purge answered {r.status}: {answer}")
+            if r.status not in (200, 202):  # 202: some follower had not acked in time
+                raise RuntimeError(f"purge answered {r.status}: {str(answer)[:300]}")
         sent.append((int(answer["seq"]), t0, time.monotonic() - t0))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -352,7 +354,7 @@ class Result:
 
 def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
           purge_s: float, rate: float, profile: str | None = None) -> Result:
-    cfg, port = write_config(tmp, proxy, f"fanout-{n}")
+    cfg, port = write_config(tmp, proxy, f"fanout-{n}", n)
     ingest = f"http://127.0.0.1:{port}"
     env = _env(s3)
     with ExitStack() as stack:
