@@ -51,8 +51,8 @@ class FollowerState:
     def connected(self, now: float) -> bool:
         # Mid-poll on a live connection; applying what it was handed (an apply may take
         # a while: it owes us an ack, so it counts, as "pending"); or between two polls.
-        if self.transport is not None and not self.transport.is_closing():
-            return True
+        if self.transport is not None:
+            return not self.transport.is_closing()  # its connection went away: it did
         if self.delivered > self.acked and now - self.seen_at <= OWES_ACK_SECONDS:
             return True
         return now - self.seen_at <= BETWEEN_POLLS_SECONDS

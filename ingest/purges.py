@@ -78,8 +78,12 @@ async def _record(hub: PurgeHub, kind: str, ids: list[str], purge_all: bool,
         raise unavailable(exc) from exc
 
 
-def _edges(status: dict[str, bool]) -> dict[str, str]:
-    return {name: "applied" if ok else "pending" for name, ok in sorted(status.items())}
+def _edges(hub: PurgeHub, status: dict[str, bool], region: str | None) -> dict[str, str]:
+    """applied; pending (connected, not applied yet); absent (a configured edge that has
+    not reconnected since ingest started)."""
+    connected = {f.name for f in hub.connected(region)}
+    return {name: "applied" if ok else "pending" if name in connected else "absent"
+            for name, ok in sorted(status.items())}
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -114,7 +118,7 @@ async def purge(request: web.Request) -> web.Response:
     # 200: applied by every edge it waited for; 202: recorded, some edges still to apply it
     # (named; they do before they serve again).
     return web.json_response({"seq": rec.seq, "purged": "all" if purge_all else len(ids),
-                              "region": region, "edges": _edges(status)},
+                              "region": region, "edges": _edges(hub, status, region)},
                              status=200 if all(status.values()) else 202)
 
 
@@ -157,7 +161,7 @@ async def status(request: web.Request) -> web.Response:
         raise NotFound(f"no purge record {seq[:32]}")
     region = request.query.get("region") or None
     edges = {f.name: f.acked >= int(seq) for f in hub.connected(region)}
-    return web.json_response({"seq": int(seq), "edges": _edges(edges)})
+    return web.json_response({"seq": int(seq), "edges": _edges(hub, edges, region)})
 
 
 async def follow(request: web.Request) -> web.Response:

@@ -88,7 +88,7 @@ def _edge_results(edges: list[EdgeNode], applied: dict[str, str], seq: int) -> l
         if state == "pending":
             result["error"] = ("connected but had not applied it in time; it applies it "
                                "before it serves again")
-        elif state is None:
+        elif state in (None, "absent"):
             result["error"] = ("unreachable: not following ingest's purge stream; it applies "
                                "it before it serves again")
         out.append(result)
