@@ -96,7 +96,16 @@ def _env_name(t: Table, name: str, default: str) -> str:
 def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
     api_env = _env_name(t, "api_key_env", "MEDIACDN_API_KEY")
     admin_env = _env_name(t, "admin_token_env", "MEDIACDN_ADMIN_TOKEN")
+    signing_envs = tuple(t.texts("signing_key_envs", ["MEDIACDN_SIGNING_KEY"]))
+    for env in signing_envs:
+        if not ENV_RE.fullmatch(env):
+            raise ConfigError(t.key("signing_key_envs"),
+                              f"is not an environment variable name: {env!r}")
     t.done()
+    signing_keys = tuple(v for v in (environ.get(e) for e in signing_envs) if v)
+    for env in signing_envs:
+        if environ.get(env) and len(environ[env]) < 16:
+            raise ConfigError(env, "secret must be at least 16 characters")
     api_key = environ.get(api_env) or None
     admin_token = environ.get(admin_env) or None
     for env, value in ((api_env, api_key), (admin_env, admin_token)):
@@ -104,7 +113,7 @@ def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
             raise ConfigError(env, "secret must be at least 16 characters")
     if api_key is not None and api_key == admin_token:
         raise ConfigError(admin_env, "must differ from the upload API key")
-    return Secrets(api_env, admin_env, api_key, admin_token)
+    return Secrets(api_env, admin_env, api_key, admin_token, signing_envs, signing_keys)
 
 
 def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
@@ -168,6 +177,8 @@ def _variant(t: Table) -> Variant:
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
+    if name.startswith("t-"):  # the names of signed transforms at the origin
+        raise ConfigError(t.key("name"), f"must not start with 't-', got {name!r}")
     crop = t.text("crop", "none", choices=("none", "centre", "attention"))
     height = t.integer("height", None, lo=1, hi=16384)
     if crop != "none" and height is None:
@@ -213,7 +224,17 @@ def _transcode(t: Table) -> TranscodeConfig:
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
         max_waiting=t.integer("max_waiting", 16, lo=0),
         wait_seconds=t.number("wait_seconds", 10.0, lo=0.1),
+        ondemand_width_min=t.integer("ondemand_width_min", 100, lo=1, hi=16384),
+        ondemand_width_max=t.integer("ondemand_width_max", 2400, lo=0, hi=16384),
+        ondemand_width_step=t.integer("ondemand_width_step", 20, lo=1, hi=16384),
+        ondemand_max_dpr=t.integer("ondemand_max_dpr", 3, lo=1, hi=4),
+        transform_max_width=t.integer("transform_max_width", 4096, lo=1, hi=16384),
+        transform_max_height=t.integer("transform_max_height", 4096, lo=1, hi=16384),
+        transform_rate_per_minute=t.integer("transform_rate_per_minute", 60, lo=1),
     )
+    if 0 < cfg.ondemand_width_max < cfg.ondemand_width_min:
+        raise ConfigError(t.key("ondemand_width_max"),
+                          "must be 0 (off) or at least transcode.ondemand_width_min")
     t.done()
     return cfg
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +19,10 @@ import aiohttp
 from prometheus_client import Histogram
 
 from common.errors import NotFound, OriginTimeout, OriginUnavailable
+from common.transform import TRANSFORM_PREFIX
+from common.variants import derivable
 from config.schema import Config, EdgeNode
+from edge.deriving import Deriving
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
 from edge.fill import (
@@ -41,6 +44,7 @@ from origin import Origin
 
 log = logging.getLogger("mediacdn.edge")
 RECLAIM_SECONDS = 600.0
+MAX_TRANSFORMS = 10_000  # canonical specs remembered for misses in flight
 T = TypeVar("T")
 
 
@@ -70,6 +74,7 @@ class EdgeCache:
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
+        self.transforms: OrderedDict[str, str] = OrderedDict()
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
@@ -86,8 +91,28 @@ class EdgeCache:
                                          self._forget_flights, self.disk, self.blocking)
 
     def _remembering(self, inner: Upstream) -> Remembering:
-        return Remembering(inner, self.store, self._remember_missing,
+        deriving = Deriving(inner, self.origin, self.cfg.ingest.url, self.cfg.secrets.admin_token,
+                            self._derive_body, lambda: self._session)
+        return Remembering(deriving, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
+
+    def _derive_body(self, key: str) -> dict[str, str] | None:
+        """What ingest needs to derive `key` (the origin may lack it: a newer ladder, a
+        width on demand, a signed transform), or None when it is not derivable."""
+        variant, dot, ext = key.split("/", 1)[1].rpartition(".")
+        if not dot:
+            return None
+        if variant.startswith(TRANSFORM_PREFIX):
+            spec = self.transforms.get(key)
+            return None if spec is None else {"spec": spec}
+        return {} if derivable(variant, ext, self.cfg.transcode) is not None else None
+
+    def transform(self, key: str, spec: str) -> None:
+        """Remember the canonical spec of a signed transform's key (its name is a hash)."""
+        self.transforms[key] = spec
+        self.transforms.move_to_end(key)
+        while len(self.transforms) > MAX_TRANSFORMS:
+            self.transforms.popitem(last=False)
 
     def _forget_flights(self, ids: set[str] | None) -> None:
         for flight in (self.via_origin, self.via_owner, self.via_shield):
@@ -178,6 +203,10 @@ class EdgeCache:
         return edge_name is not None and any(e.name == edge_name for e in self.region_edges)
 
     def _upstream(self, key: str, from_peer: bool, peer_in_region: bool) -> SingleFlight:
+        # A signed transform is filled here (the owner would want the signature; ingest
+        # derives it once anyway).
+        if key.split("/", 1)[1].startswith(TRANSFORM_PREFIX):
+            return self.via_origin
         if self.via_owner is not None and self.owner_of(key).name != self.node.name:
             # A request from another edge is never forwarded again.
             return self.via_origin if from_peer else self.via_owner

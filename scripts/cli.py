@@ -42,6 +42,12 @@ def _region(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 64")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="PATH",
@@ -71,18 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stats", parents=[common, jsonp, regionp], help="edge cache statistics")
     w = sub.add_parser("warm", parents=[common, jsonp, regionp], help="prefetch into edges")
     w.add_argument("ids", nargs="+", metavar="ID", type=_content_id)
+    rp = sub.add_parser("reprocess", parents=[common, jsonp],
+                        help="derive the configured variants images lack (a ladder change)")
+    rp.add_argument("ids", nargs="*", metavar="ID", type=_content_id)
+    rp.add_argument("--all", action="store_true", help="every image at the origin")
+    rp.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants")
+    rp.add_argument("--concurrency", type=_positive, default=2, metavar="N",
+                    help="images at once (default 2)")
+    s = sub.add_parser("sign", parents=[common], help="print the signed path of a transform")
+    s.add_argument("id", metavar="ID", type=_content_id)
+    s.add_argument("spec", metavar="SPEC.EXT", help="e.g. w=800,h=600,fit=cover,q=70.webp")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "purge" and bool(args.ids) == bool(args.all):
-        parser.error("purge takes image ids or --all, not both and not neither")
+    if args.command in ("purge", "reprocess") and bool(args.ids) == bool(args.all):
+        parser.error(f"{args.command} takes image ids or --all, not both and not neither")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
-    from scripts import ops, services
+    from scripts import ops, reprocess, services, sign
 
     commands.update(services.COMMANDS)
+    commands.update(sign.COMMANDS)
+    commands.update(reprocess.COMMANDS)
     commands.update(ops.COMMANDS)
     try:
         return commands[args.command](args)
