@@ -303,7 +303,7 @@ def _cidr(t: Table, value: str, index: int) -> ipaddress.IPv4Network | ipaddress
 def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
     regions: list[Region] = []
     for t in tables:
-        t.only("name", "lat", "lon", "countries", "cidrs")
+        t.only("name", "lat", "lon", "countries", "cidrs", "shield")
         name = t.text("name")
         if not NAME_RE.fullmatch(name):
             raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
@@ -320,11 +320,13 @@ def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
         mine = tuple(e for e in edges if e.region == name)
         if not mine:
             raise ConfigError(t.key("name"), f"region {name!r} has no edges")
-        regions.append(Region(name, lat, lon, countries, cidrs, mine))
+        shield = t.text("shield", None)
+        regions.append(Region(name, lat, lon, countries, cidrs, mine, shield))
         t.done()
     if not regions:
         raise ConfigError("regions", "at least one region is required")
     known = {r.name for r in regions}
+    _check_shields(regions, known)
     seen: set[str] = set()
     for i, e in enumerate(edges):
         if e.region not in known:
@@ -340,6 +342,22 @@ def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
                 raise ConfigError("regions.countries", f"{c} is in {where}")
             countries_seen[c] = r.name
     return tuple(regions)
+
+
+def _check_shields(regions: list[Region], known: set[str]) -> None:
+    shields = {r.name: r.shield for r in regions}
+    for i, r in enumerate(regions):
+        key = f"regions[{i}].shield"
+        if r.shield is None:
+            continue
+        if r.shield not in known:
+            raise ConfigError(key, f"unknown region {r.shield!r}")
+        if r.shield == r.name:
+            raise ConfigError(key, "a region cannot be its own shield")
+        # One level only: a shield's edges fill from the origin, so a request can cross
+        # at most one region boundary and edges whose configs disagree cannot loop.
+        if shields[r.shield] is not None:
+            raise ConfigError(key, f"{r.shield!r} has a shield itself; shields do not chain")
 
 
 def _router(t: Table, regions: tuple[Region, ...]) -> RouterConfig:

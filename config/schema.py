@@ -148,6 +148,7 @@ class Region:
     countries: tuple[str, ...]
     cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     edges: tuple[EdgeNode, ...]
+    shield: str | None = None  # a region whose owner edges fill ours before the origin
 
 
 @dataclass(frozen=True)

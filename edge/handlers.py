@@ -81,7 +81,9 @@ class MediaHandler:
                                          headers={"Retry-After": "1"})
             target = (target_of or self.target)(request)
             try:
-                entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+                peer = request.headers.get(PEER_HEADER)
+                entry, hit = await cache.get(target.cache_key, peer is not None,
+                                             cache.in_region(peer))
             except OSError as exc:
                 if exc.errno not in OUT_OF_FDS:
                     raise

@@ -64,6 +64,8 @@ class EdgeCache:
         region = cfg.region(node.region)
         assert region is not None  # the loader checked it
         self.region_edges = region.edges
+        shield = cfg.region(region.shield) if region.shield else None
+        self.shield_edges = shield.edges if shield is not None else ()
         self.journal = Journal(node.cache_dir / "invalidations")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.worker = worker
@@ -83,6 +85,7 @@ class EdgeCache:
                                      "the origin", stats)
         self.via_origin = SingleFlight(self._remembering(self.from_origin))
         self.via_owner: SingleFlight | None = None  # needs the session: see `session`
+        self.via_shield: SingleFlight | None = None  # the owner's, when the region has one
         self._session: aiohttp.ClientSession | None = None
         self.invalidation = Invalidation(self.journal, self.memory, self.negative,
                                          self._forget_flights, self.disk, self.blocking)
@@ -112,7 +115,7 @@ class EdgeCache:
             self.transforms.popitem(last=False)
 
     def _forget_flights(self, ids: set[str] | None) -> None:
-        for flight in (self.via_origin, self.via_owner):
+        for flight in (self.via_origin, self.via_owner, self.via_shield):
             if flight is None:
                 continue
             if ids is None:
@@ -132,6 +135,14 @@ class EdgeCache:
                                       self.stats), "the owner edge", self.stats)
         self.via_owner = SingleFlight(self._remembering(PeerWithFallback(peer,
                                                                          self.from_origin)))
+        if self.shield_edges:
+            # Shielding: the owner asks the shield region's owner before the origin,
+            # trusting it no more than a peer (edge.peer), with the same hedged fallback.
+            shield = Verifying(PeerUpstream(session, self.origin, self.node,
+                                            self.shield_owner_of, self.stats, "shield edge"),
+                               "the shield edge", self.stats)
+            self.via_shield = SingleFlight(self._remembering(
+                PeerWithFallback(shield, self.from_origin)))
 
     def _observe_fetch(self, seconds: float) -> None:
         if self.fetch_seconds is not None:
@@ -140,10 +151,12 @@ class EdgeCache:
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def get(self, key: str, from_peer: bool = False) -> tuple[Entry, bool]:
+    async def get(self, key: str, from_peer: bool = False,
+                  peer_in_region: bool = False) -> tuple[Entry, bool]:
         """(entry, hit). Raises NotFound, OriginUnavailable/Timeout or IntegrityError.
 
-        `from_peer`: the request came from another edge, so fill from the origin only.
+        `from_peer`: the request came from another edge, so it is not sent to a peer again;
+        `peer_in_region`: that edge is of this region, so the owner may still ask its shield.
         """
         token = self.invalidation.token()
         hot = self.memory.get(key)
@@ -166,7 +179,7 @@ class EdgeCache:
         # One deadline for the whole miss, whichever upstreams it tries.
         deadline = asyncio.get_running_loop().time() + self.cfg.edge.origin_timeout
         try:
-            entry = await self._upstream(key, from_peer).fetch(key, deadline)
+            entry = await self._upstream(key, from_peer, peer_in_region).fetch(key, deadline)
         except (OriginUnavailable, OriginTimeout):
             self._origin_seen(ORIGIN_DOWN)  # readiness follows real traffic too
             raise
@@ -183,14 +196,25 @@ class EdgeCache:
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])
 
-    def _upstream(self, key: str, from_peer: bool) -> SingleFlight:
-        # A request from another edge is never forwarded again; a signed transform is
-        # filled here (the owner would want the signature; ingest derives it once anyway).
-        transform = key.split("/", 1)[1].startswith(TRANSFORM_PREFIX)
-        if (from_peer or transform or self.via_owner is None
-                or self.owner_of(key).name == self.node.name):
+    def shield_owner_of(self, key: str) -> EdgeNode:
+        return owner(self.shield_edges, key.split("/", 1)[0])
+
+    def in_region(self, edge_name: str | None) -> bool:
+        return edge_name is not None and any(e.name == edge_name for e in self.region_edges)
+
+    def _upstream(self, key: str, from_peer: bool, peer_in_region: bool) -> SingleFlight:
+        # A signed transform is filled here (the owner would want the signature; ingest
+        # derives it once anyway).
+        if key.split("/", 1)[1].startswith(TRANSFORM_PREFIX):
             return self.via_origin
-        return self.via_owner
+        if self.via_owner is not None and self.owner_of(key).name != self.node.name:
+            # A request from another edge is never forwarded again.
+            return self.via_origin if from_peer else self.via_owner
+        # The owner: a request leaves the region at most once (for the shield), so edges
+        # whose configs disagree cannot forward in a loop.
+        if self.via_shield is not None and (not from_peer or peer_in_region):
+            return self.via_shield
+        return self.via_origin
 
     def _remember_missing(self, key: str, token: int) -> None:
         if self.invalidation.still_missing(key, token):  # else: uploaded meanwhile

@@ -189,7 +189,7 @@ async def follow(request: web.Request) -> web.Response:
             hub.poll_ended(node, request.transport)
     if node and records:
         hub.delivered(node, records[-1].seq)
-    return web.json_response({"last": hub.last, "records": [r.to_json() for r in records]})
+    return web.Response(body=hub.answer(records, after), content_type="application/json")
 
 
 async def announce(hub: PurgeHub, image_id: str) -> None:

@@ -217,6 +217,10 @@ MEANING: dict[str, str] = {
     "regions[].lat": "Latitude: failover goes to the nearest region.",
     "regions[].lon": "Longitude.",
     "regions[].cidrs": "Client networks routed here (the most specific match wins).",
+    "regions[].shield": "Another region whose owner edge this region's owner edges fill "
+                        "from before the origin (checked like any peer: blake3 and size "
+                        "from the origin's HEAD), so the origin sees one GET per object "
+                        "across shielded regions. One level: a shield has no shield itself.",
     "router.host": "Address the router binds.",
     "router.port": "Port of the router (0: any free port).",
     "router.default_region": "Region when neither `?region=`, country nor address decide. "
