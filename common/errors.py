@@ -58,6 +58,14 @@ class UnprocessableImage(ClientError):
     status, title, slug = 422, "Unprocessable Image", "unprocessable-image"
 
 
+class Forbidden(ClientError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class TooManyRequests(ClientError):
+    status, title, slug = 429, "Too Many Requests", "too-many-requests"
+
+
 class OriginUnavailable(MediaCDNError):
     status, title, slug = 502, "Origin Unavailable", "origin-unavailable"
 

@@ -101,7 +101,16 @@ def _env_name(t: Table, name: str, default: str) -> str:
 def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
     api_env = _env_name(t, "api_key_env", "MEDIACDN_API_KEY")
     admin_env = _env_name(t, "admin_token_env", "MEDIACDN_ADMIN_TOKEN")
+    signing_envs = tuple(t.texts("signing_key_envs", ["MEDIACDN_SIGNING_KEY"]))
+    for env in signing_envs:
+        if not ENV_RE.fullmatch(env):
+            raise ConfigError(t.key("signing_key_envs"),
+                              f"is not an environment variable name: {env!r}")
     t.done()
+    signing_keys = tuple(v for v in (environ.get(e) for e in signing_envs) if v)
+    for env in signing_envs:
+        if environ.get(env) and len(environ[env]) < 16:
+            raise ConfigError(env, "secret must be at least 16 characters")
     api_key = environ.get(api_env) or None
     admin_token = environ.get(admin_env) or None
     for env, value in ((api_env, api_key), (admin_env, admin_token)):
@@ -109,7 +118,7 @@ def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
             raise ConfigError(env, "secret must be at least 16 characters")
     if api_key is not None and api_key == admin_token:
         raise ConfigError(admin_env, "must differ from the upload API key")
-    return Secrets(api_env, admin_env, api_key, admin_token)
+    return Secrets(api_env, admin_env, api_key, admin_token, signing_envs, signing_keys)
 
 
 def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
@@ -175,6 +184,8 @@ def _variant(t: Table) -> Variant:
     name = t.text("name")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
+    if name.startswith("t-"):  # the names of signed transforms at the origin
+        raise ConfigError(t.key("name"), f"must not start with 't-', got {name!r}")
     crop = t.text("crop", "none", choices=("none", "centre", "attention"))
     height = t.integer("height", None, lo=1, hi=16384)
     if crop != "none" and height is None:
@@ -220,7 +231,17 @@ def _transcode(t: Table) -> TranscodeConfig:
         deadline_seconds=t.number("deadline_seconds", 30.0, lo=0.1),
         max_waiting=t.integer("max_waiting", 16, lo=0),
         wait_seconds=t.number("wait_seconds", 10.0, lo=0.1),
+        ondemand_width_min=t.integer("ondemand_width_min", 100, lo=1, hi=16384),
+        ondemand_width_max=t.integer("ondemand_width_max", 2400, lo=0, hi=16384),
+        ondemand_width_step=t.integer("ondemand_width_step", 20, lo=1, hi=16384),
+        ondemand_max_dpr=t.integer("ondemand_max_dpr", 3, lo=1, hi=4),
+        transform_max_width=t.integer("transform_max_width", 4096, lo=1, hi=16384),
+        transform_max_height=t.integer("transform_max_height", 4096, lo=1, hi=16384),
+        transform_rate_per_minute=t.integer("transform_rate_per_minute", 60, lo=1),
     )
+    if 0 < cfg.ondemand_width_max < cfg.ondemand_width_min:
+        raise ConfigError(t.key("ondemand_width_max"),
+                          "must be 0 (off) or at least transcode.ondemand_width_min")
     t.done()
     return cfg
 
@@ -298,7 +319,7 @@ def _cidr(t: Table, value: str, index: int) -> ipaddress.IPv4Network | ipaddress
 def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
     regions: list[Region] = []
     for t in tables:
-        t.only("name", "lat", "lon", "countries", "cidrs")
+        t.only("name", "lat", "lon", "countries", "cidrs", "shield")
         name = t.text("name")
         if not NAME_RE.fullmatch(name):
             raise ConfigError(t.key("name"), f"must match {NAME_RE.pattern}, got {name!r}")
@@ -315,11 +336,13 @@ def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
         mine = tuple(e for e in edges if e.region == name)
         if not mine:
             raise ConfigError(t.key("name"), f"region {name!r} has no edges")
-        regions.append(Region(name, lat, lon, countries, cidrs, mine))
+        shield = t.text("shield", None)
+        regions.append(Region(name, lat, lon, countries, cidrs, mine, shield))
         t.done()
     if not regions:
         raise ConfigError("regions", "at least one region is required")
     known = {r.name for r in regions}
+    _check_shields(regions, known)
     seen: set[str] = set()
     for i, e in enumerate(edges):
         if e.region not in known:
@@ -335,6 +358,22 @@ def _regions(tables: list[Table], edges: list[EdgeNode]) -> tuple[Region, ...]:
                 raise ConfigError("regions.countries", f"{c} is in {where}")
             countries_seen[c] = r.name
     return tuple(regions)
+
+
+def _check_shields(regions: list[Region], known: set[str]) -> None:
+    shields = {r.name: r.shield for r in regions}
+    for i, r in enumerate(regions):
+        key = f"regions[{i}].shield"
+        if r.shield is None:
+            continue
+        if r.shield not in known:
+            raise ConfigError(key, f"unknown region {r.shield!r}")
+        if r.shield == r.name:
+            raise ConfigError(key, "a region cannot be its own shield")
+        # One level only: a shield's edges fill from the origin, so a request can cross
+        # at most one region boundary and edges whose configs disagree cannot loop.
+        if shields[r.shield] is not None:
+            raise ConfigError(key, f"{r.shield!r} has a shield itself; shields do not chain")
 
 
 def _router(t: Table, regions: tuple[Region, ...]) -> RouterConfig:

@@ -38,6 +38,9 @@ class Secrets:
     admin_token_env: str
     api_key: str | None
     admin_token: str | None
+    # Signed transforms: every key named is valid at once (rotation); none set: refused.
+    signing_key_envs: tuple[str, ...] = ("MEDIACDN_SIGNING_KEY",)
+    signing_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,16 @@ class TranscodeConfig:
     deadline_seconds: float
     max_waiting: int  # uploads that may wait for a free worker; beyond, 503 + Retry-After
     wait_seconds: float  # the longest an upload waits for a free worker
+    # Widths on demand, `w{N}[@{D}x]`: N in range(min, max + 1, step), D in 1..max_dpr.
+    # max 0 turns them off.
+    ondemand_width_min: int = 100
+    ondemand_width_max: int = 2400
+    ondemand_width_step: int = 20
+    ondemand_max_dpr: int = 3
+    # Signed transforms: the largest w and h, and derivations per image per minute.
+    transform_max_width: int = 4096
+    transform_max_height: int = 4096
+    transform_rate_per_minute: int = 60
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:
@@ -158,6 +171,7 @@ class Region:
     countries: tuple[str, ...]
     cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     edges: tuple[EdgeNode, ...]
+    shield: str | None = None  # a region whose owner edges fill ours before the origin
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from edge.keys import CACHE, CONFIG, FOLLOWER, NODE, STATS, TRANSCODE
 from edge.node import EdgeCache
 from edge.openapi import OPENAPI
 from edge.stats import EdgeStats, register
+from edge.transforms import TransformHandler
 from origin import open_origin
 
 log = logging.getLogger("mediacdn.edge")
@@ -110,6 +111,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app.router.add_get("/i/{id}/{name}", media.handle)
     app.router.add_route("*", "/i/{id}/{name}",
                          handlers.Preflight(cfg.edge.cors_allow_origin).handle)
+    transforms = TransformHandler(media, cfg)
+    app.router.add_get("/i/{id}/t/{sig}/{spec}", transforms.handle)
+    app.router.add_get(r"/i/{id}/t/{tail:[\s\S]*}", transforms.unsigned)
     guard = admin_guard(node.listener)
     add_ops_routes(app, registry, ready,
                    serving=lambda app: app[CACHE].journal.serving(run, int(time.time())),

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from common.errors import IntegrityError, NotFound, OriginTimeout, ServiceUnavailable
 from common.hashing import content_id, is_content_id
+from common.variants import origin_name
 from edge.entry import Entry, content_type_for
 from edge.stats import EdgeStats
 from origin import Origin
@@ -86,7 +87,7 @@ def origin_key_for(key: str) -> str:
     if name == ORIGINAL:
         return K.original(image_id)
     variant, ext = name.rsplit(".", 1)
-    return K.variant(image_id, variant, ext)
+    return K.variant(image_id, origin_name(variant), ext)
 
 
 class Upstream(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from common.problem import from_error
 from config.schema import Network, TranscodeConfig
 from edge.entry import cors_headers
 from edge.node import EdgeCache
-from edge.paths import resolve
+from edge.paths import Target, resolve
 from edge.peer import PEER_HEADER
 from edge.respond import respond
 from edge.sendfile import HotResponse, TlsHotResponse
@@ -72,16 +73,23 @@ class MediaHandler:
             self.limits.mark(request.transport)
         return await self.full(request, cache)
 
-    async def full(self, request: web.Request, cache: EdgeCache) -> web.StreamResponse:
+    def target(self, request: web.Request) -> Target:
+        return resolve(request.match_info["id"], request.match_info["name"],
+                       request.headers.get("Accept", ""), self.transcode)
+
+    async def full(self, request: web.Request, cache: EdgeCache,
+                   target_of: Callable[[web.Request], Target] | None = None
+                   ) -> web.StreamResponse:
         stats = self.stats
         try:
             if not cache.journal.serving(self.run, int(time.time())):
                 raise ServiceUnavailable("catching up on purges before serving",
                                          headers={"Retry-After": "1"})
-            target = resolve(request.match_info["id"], request.match_info["name"],
-                             request.headers.get("Accept", ""), self.transcode)
+            target = (target_of or self.target)(request)
             try:
-                entry, hit = await cache.get(target.cache_key, PEER_HEADER in request.headers)
+                peer = request.headers.get(PEER_HEADER)
+                entry, hit = await cache.get(target.cache_key, peer is not None,
+                                             cache.in_region(peer))
             except OSError as exc:
                 if exc.errno not in OUT_OF_FDS:
                     raise

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +19,10 @@ import aiohttp
 from prometheus_client import Histogram
 
 from common.errors import NotFound, OriginTimeout, OriginUnavailable
+from common.transform import TRANSFORM_PREFIX
+from common.variants import derivable
 from config.schema import Config, EdgeNode
+from edge.deriving import Deriving
 from edge.disk import CorruptEntry, DiskTier, NoDiskTier
 from edge.entry import Entry, cors_headers
 from edge.fill import (
@@ -41,6 +44,7 @@ from origin import Origin
 
 log = logging.getLogger("mediacdn.edge")
 RECLAIM_SECONDS = 600.0
+MAX_TRANSFORMS = 10_000  # canonical specs remembered for misses in flight
 T = TypeVar("T")
 
 
@@ -60,6 +64,8 @@ class EdgeCache:
         region = cfg.region(node.region)
         assert region is not None  # the loader checked it
         self.region_edges = region.edges
+        shield = cfg.region(region.shield) if region.shield else None
+        self.shield_edges = shield.edges if shield is not None else ()
         self.journal = Journal(node.cache_dir / "invalidations")
         self.board = StatsBoard(node.cache_dir / "workers", worker, node.workers)
         self.worker = worker
@@ -68,6 +74,7 @@ class EdgeCache:
         self.memory = MemoryTier(node.memory_bytes, cfg.edge.memory_object_bytes, self.cors)
         self.disk = open_disk_tier(node.cache_dir / "objects", node.cache_bytes)
         self.negative = NegativeCache(cfg.edge.negative_ttl)
+        self.transforms: OrderedDict[str, str] = OrderedDict()
         self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.disk_evictions = 0
         self.fetch_seconds: Histogram | None = None
@@ -78,16 +85,39 @@ class EdgeCache:
                                      "the origin", stats)
         self.via_origin = SingleFlight(self._remembering(self.from_origin))
         self.via_owner: SingleFlight | None = None  # needs the session: see `session`
+        self.via_shield: SingleFlight | None = None  # the owner's, when the region has one
         self._session: aiohttp.ClientSession | None = None
         self.invalidation = Invalidation(self.journal, self.memory, self.negative,
                                          self._forget_flights, self.disk, self.blocking)
 
     def _remembering(self, inner: Upstream) -> Remembering:
-        return Remembering(inner, self.store, self._remember_missing,
+        # Ingest's /_internal/derive is on its admin listener when it has one.
+        deriving = Deriving(inner, self.origin, self.cfg.ingest.listener.admin_url,
+                            self.cfg.secrets.admin_token, self._derive_body,
+                            lambda: self._session)
+        return Remembering(deriving, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
 
+    def _derive_body(self, key: str) -> dict[str, str] | None:
+        """What ingest needs to derive `key` (the origin may lack it: a newer ladder, a
+        width on demand, a signed transform), or None when it is not derivable."""
+        variant, dot, ext = key.split("/", 1)[1].rpartition(".")
+        if not dot:
+            return None
+        if variant.startswith(TRANSFORM_PREFIX):
+            spec = self.transforms.get(key)
+            return None if spec is None else {"spec": spec}
+        return {} if derivable(variant, ext, self.cfg.transcode) is not None else None
+
+    def transform(self, key: str, spec: str) -> None:
+        """Remember the canonical spec of a signed transform's key (its name is a hash)."""
+        self.transforms[key] = spec
+        self.transforms.move_to_end(key)
+        while len(self.transforms) > MAX_TRANSFORMS:
+            self.transforms.popitem(last=False)
+
     def _forget_flights(self, ids: set[str] | None) -> None:
-        for flight in (self.via_origin, self.via_owner):
+        for flight in (self.via_origin, self.via_owner, self.via_shield):
             if flight is None:
                 continue
             if ids is None:
@@ -107,6 +137,14 @@ class EdgeCache:
                                       self.stats), "the owner edge", self.stats)
         self.via_owner = SingleFlight(self._remembering(PeerWithFallback(peer,
                                                                          self.from_origin)))
+        if self.shield_edges:
+            # Shielding: the owner asks the shield region's owner before the origin,
+            # trusting it no more than a peer (edge.peer), with the same hedged fallback.
+            shield = Verifying(PeerUpstream(session, self.origin, self.node,
+                                            self.shield_owner_of, self.stats, "shield edge"),
+                               "the shield edge", self.stats)
+            self.via_shield = SingleFlight(self._remembering(
+                PeerWithFallback(shield, self.from_origin)))
 
     def _observe_fetch(self, seconds: float) -> None:
         if self.fetch_seconds is not None:
@@ -115,10 +153,12 @@ class EdgeCache:
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
-    async def get(self, key: str, from_peer: bool = False) -> tuple[Entry, bool]:
+    async def get(self, key: str, from_peer: bool = False,
+                  peer_in_region: bool = False) -> tuple[Entry, bool]:
         """(entry, hit). Raises NotFound, OriginUnavailable/Timeout or IntegrityError.
 
-        `from_peer`: the request came from another edge, so fill from the origin only.
+        `from_peer`: the request came from another edge, so it is not sent to a peer again;
+        `peer_in_region`: that edge is of this region, so the owner may still ask its shield.
         """
         token = self.invalidation.token()
         hot = self.memory.get(key)
@@ -141,7 +181,7 @@ class EdgeCache:
         # One deadline for the whole miss, whichever upstreams it tries.
         deadline = asyncio.get_running_loop().time() + self.cfg.edge.origin_timeout
         try:
-            entry = await self._upstream(key, from_peer).fetch(key, deadline)
+            entry = await self._upstream(key, from_peer, peer_in_region).fetch(key, deadline)
         except (OriginUnavailable, OriginTimeout):
             self._origin_seen(ORIGIN_DOWN)  # readiness follows real traffic too
             raise
@@ -158,11 +198,25 @@ class EdgeCache:
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])
 
-    def _upstream(self, key: str, from_peer: bool) -> SingleFlight:
-        # A request from another edge is never forwarded again.
-        if from_peer or self.via_owner is None or self.owner_of(key).name == self.node.name:
+    def shield_owner_of(self, key: str) -> EdgeNode:
+        return owner(self.shield_edges, key.split("/", 1)[0])
+
+    def in_region(self, edge_name: str | None) -> bool:
+        return edge_name is not None and any(e.name == edge_name for e in self.region_edges)
+
+    def _upstream(self, key: str, from_peer: bool, peer_in_region: bool) -> SingleFlight:
+        # A signed transform is filled here (the owner would want the signature; ingest
+        # derives it once anyway).
+        if key.split("/", 1)[1].startswith(TRANSFORM_PREFIX):
             return self.via_origin
-        return self.via_owner
+        if self.via_owner is not None and self.owner_of(key).name != self.node.name:
+            # A request from another edge is never forwarded again.
+            return self.via_origin if from_peer else self.via_owner
+        # The owner: a request leaves the region at most once (for the shield), so edges
+        # whose configs disagree cannot forward in a loop.
+        if self.via_shield is not None and (not from_peer or peer_in_region):
+            return self.via_shield
+        return self.via_origin
 
     def _remember_missing(self, key: str, token: int) -> None:
         if self.invalidation.still_missing(key, token):  # else: uploaded meanwhile

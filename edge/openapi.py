@@ -26,14 +26,26 @@ _media_responses: dict[str, dict[str, Any]] = {
     "404": problem_response("unknown id or variant"),
     "416": problem_response("range not satisfiable"),
     "502": problem_response("origin unavailable or bytes failed verification"),
-    "503": problem_response("catching up on purges"),
+    "503": problem_response("catching up on purges, or ingest unreachable to derive it"),
     "504": problem_response("origin timeout"),
 }
+_transform_responses: dict[str, dict[str, Any]] = {
+    "200": _image,
+    "400": problem_response("malformed id or extension; spec malformed or over the limits"),
+    "403": problem_response("missing or wrong signature"),
+    "404": problem_response("unknown id, or a format not enabled"),
+    "429": problem_response("too many transforms of this image derived in a minute"),
+    "502": problem_response("origin unavailable or bytes failed verification"),
+    "503": problem_response("catching up on purges, or ingest unreachable to derive it"),
+    "504": problem_response("origin timeout"),
+}
+_path_text = {"in": "path", "required": True, "schema": {"type": "string"}}
 _name = {
     "name": "name",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}(\\.(avif|webp|jpg))?$"},
+    "schema": {"type": "string",
+               "pattern": "^[a-z0-9][a-z0-9_-]{0,31}(@[0-9]{1,2}x)?(\\.(avif|webp|jpg))?$"},
 }
 _bearer: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -56,6 +68,15 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     k: {"description": v["description"]} for k, v in _media_responses.items()
                 },
+            },
+        },
+        "/i/{id}/t/{sig}/{spec}": {
+            "parameters": [ID_PARAM, {"name": "sig", **_path_text},
+                           {"name": "spec", "description": "{spec}.{ext}, e.g. "
+                            "w=800,h=600,fit=cover,g=attention,q=70.webp", **_path_text}],
+            "get": {
+                "summary": "A signed transform (sig: base64url HMAC-SHA256 of {id}/{spec}.{ext})",
+                "responses": _transform_responses,
             },
         },
         "/_admin/purge": {

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from common.errors import BadRequest, NotFound
 from common.hashing import ID_RE
+from common.variants import DPR_NAME_RE, on_demand
 from config.schema import TranscodeConfig
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -32,11 +33,19 @@ class Target:
 
 def parse_name(name: str) -> tuple[str, str | None]:
     variant, dot, ext = name.partition(".")
-    if not NAME_RE.fullmatch(variant):
+    if not (NAME_RE.fullmatch(variant) or DPR_NAME_RE.fullmatch(variant)):
         raise BadRequest(f"malformed variant name {variant[:40]!r}")
     if dot and ext not in KNOWN_EXTS:
         raise BadRequest(f"unknown extension {ext[:16]!r}: use one of {', '.join(KNOWN_EXTS)}")
     return variant, (ext if dot else None)
+
+
+def _widths(cfg: TranscodeConfig) -> str:
+    if cfg.ondemand_width_max == 0:
+        return ""
+    return (f", and w{{N}}[@{{D}}x] for N in {cfg.ondemand_width_min}-"
+            f"{cfg.ondemand_width_max} in steps of {cfg.ondemand_width_step}, D in "
+            f"1-{cfg.ondemand_max_dpr}")
 
 
 def negotiate(accept: str, formats: tuple[str, ...]) -> str:
@@ -65,9 +74,9 @@ def resolve(image_id: str, name: str, accept: str, cfg: TranscodeConfig) -> Targ
         if not cfg.serve_originals:
             raise NotFound("originals are not served here (transcode.serve_originals)")
         return Target(image_id, variant, "", False)
-    if cfg.variant(variant) is None:
+    if cfg.variant(variant) is None and on_demand(variant, cfg) is None:
         raise NotFound(f"no variant {variant!r}; this CDN serves "
-                       + ", ".join(v.name for v in cfg.variants))
+                       + ", ".join(v.name for v in cfg.variants) + _widths(cfg))
     if ext is None:
         return Target(image_id, variant, negotiate(accept, cfg.formats), True)
     if ext not in cfg.formats:

@@ -72,13 +72,14 @@ class PeerUpstream:
     """The owner edge's copy, with the blake3 and size the origin's HEAD gives."""
 
     def __init__(self, session: aiohttp.ClientSession, origin: Origin, me: EdgeNode,
-                 owner_of: Callable[[str], EdgeNode], stats: EdgeStats) -> None:
+                 owner_of: Callable[[str], EdgeNode], stats: EdgeStats,
+                 role: str = "owner edge") -> None:
         self.session, self.origin, self.me = session, origin, me
-        self.owner_of, self.stats = owner_of, stats
+        self.owner_of, self.stats, self.role = owner_of, stats, role
 
     async def fetch(self, key: str, deadline: float) -> Entry:
         owner = self.owner_of(key)
-        who = f"owner edge {owner.name}"
+        who = f"{self.role} {owner.name}"
         head = asyncio.ensure_future(self.origin.head(origin_key_for(key)))
         try:
             async with asyncio.timeout_at(deadline):

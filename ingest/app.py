@@ -16,7 +16,7 @@ from common.ops import add_ops_routes
 from common.problem import problem_middleware
 from common.surface import admin_guard, identify
 from config.schema import Config
-from ingest import handlers, purges
+from ingest import derive, handlers, purges, reprocess
 from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
 from ingest.purgehub import PurgeHub
 from ingest.spooldir import SPOOL_DIR, claim
@@ -35,6 +35,8 @@ def _metrics(registry: CollectorRegistry) -> IngestMetrics:
         transcode_seconds=Histogram("mediacdn_ingest_transcode_seconds",
                                     "Time to build the ladder of one image", registry=registry,
                                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
+        derivations=Counter("mediacdn_ingest_derivations", "Variants derived from a stored "
+                            "original after the upload (a ladder change)", registry=registry),
     )
 
 
@@ -104,6 +106,8 @@ def create_app(cfg: Config) -> web.Application:
     add_ops_routes(app, registry, ready, admin=guard)
     handlers.add_routes(app)
     purges.add_routes(app, guard)
+    derive.add_routes(app, guard)
+    reprocess.add_routes(app, guard)
     identify(app, {"service": "mediacdn ingest", "name": "ingest",
                    "about": "image upload API: POST /v1/images (API key)",
                    "openapi": "/openapi.json", "health": "/healthz"})

@@ -64,7 +64,7 @@ def _image_id(request: web.Request) -> str:
 
 
 def _answer(cfg: Config, manifest: dict[str, Any], status: int) -> web.Response:
-    body = M.with_urls(manifest, cfg.ingest.public_base_url)
+    body = M.with_urls(manifest, cfg.ingest.public_base_url, cfg.transcode)
     return web.json_response(body, status=status,
                              headers={"Location": f"/v1/images/{manifest['id']}"})
 

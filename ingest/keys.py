@@ -18,6 +18,7 @@ class IngestMetrics:
     uploads: Counter
     bytes_in: Counter
     transcode_seconds: Histogram
+    derivations: Counter
 
 
 CONFIG = web.AppKey("config", Config)

@@ -34,6 +34,8 @@ MANIFEST = {
         "placeholder": {"type": "string"},
         "dominant_color": {"type": "string"},
         "variants": {"type": "array", "items": {"$ref": "#/components/schemas/Variant"}},
+        "srcset": {"type": "object", "description": "per format, an <img srcset> value over "
+                   "the configured widths", "additionalProperties": {"type": "string"}},
     },
 }
 _manifest_ok = {

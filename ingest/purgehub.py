@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.errors import OriginUnavailable
 from origin import Origin, purgelog
@@ -30,6 +31,7 @@ BETWEEN_POLLS_SECONDS = 3.0
 RECHECK_SECONDS = 0.2  # how often a waiting purge notices a follower that went away
 OWES_ACK_SECONDS = 60.0
 WRITE_ATTEMPTS = 50
+MAX_IDS_PER_RECORD = 10_000  # appends waiting together share a record up to this many ids
 COMPACT_BATCH = 1000  # records looked at per compaction round
 
 
@@ -70,7 +72,13 @@ class PurgeHub:
         self.last = 0  # the newest sequence number known, whether held in memory or not
         self.followers: dict[str, FollowerState] = {}
         self._write = asyncio.Lock()
-        self._news = asyncio.Event()  # replaced each time records or acks arrive
+        # Replaced each time records arrive: every pending long-poll waits on this one.
+        # Acks do not touch it (with 1,000 followers each ack waking every pending poll was
+        # a million wake-ups per purge: scripts/bench/fanout.py).
+        self._news = asyncio.Event()
+        self._waiters: list[_Waiter] = []  # purges waiting for acks
+        self._batches: dict[tuple[Kind, bool, str | None], _Batch] = {}  # not yet written
+        self._answers: dict[tuple[int, int], bytes] = {}  # (cursor, last) -> encoded answer
         self.loaded = False
 
     # -- the log -----------------------------------------------------------------------
@@ -107,6 +115,7 @@ class PurgeHub:
         self._notify()
 
     def _notify(self) -> None:
+        self._answers.clear()
         self._news.set()
         self._news = asyncio.Event()
 
@@ -116,8 +125,29 @@ class PurgeHub:
 
     async def append(self, kind: Kind, ids: list[str], purge_all: bool = False,
                      region: str | None = None) -> Record:
-        """Durably record it at the origin with the next free sequence number."""
+        """Durably record it at the origin with the next free sequence number.
+
+        Appends that arrive while a write is under way share the next record (group
+        commit): numbers are claimed one at a time, each a round trip to the origin, so at
+        10 purges/s one record each queued them behind each other (scripts/bench/fanout.py).
+        """
+        key = (kind, purge_all, region)
+        batch = self._batches.get(key)
+        if batch is None or len(batch.ids) + len(ids) > MAX_IDS_PER_RECORD:
+            batch = self._batches[key] = _Batch(set(ids))
+            batch.task = asyncio.create_task(self._write_batch(key, batch))
+        else:
+            batch.ids.update(ids)
+        assert batch.task is not None
+        # Shielded: one caller going away does not cancel the record the others wait for.
+        return await asyncio.shield(batch.task)
+
+    async def _write_batch(self, key: tuple[Kind, bool, str | None], batch: _Batch) -> Record:
         async with self._write:
+            if self._batches.get(key) is batch:
+                del self._batches[key]  # from here on, joiners start the next record
+            kind, purge_all, region = key
+            ids = sorted(batch.ids)
             seq = self.last + 1
             failures = 0
             for _ in range(WRITE_ATTEMPTS):
@@ -182,6 +212,7 @@ class PurgeHub:
         gone = set(old)
         while self.tail and self.tail[0].seq in gone:
             self.tail.popleft()
+        self._answers.clear()
         return len(old)
 
     # -- followers ---------------------------------------------------------------------
@@ -197,7 +228,11 @@ class PurgeHub:
         state.region, state.seen_at, state.acked = region, time.monotonic(), cursor
         state.transport = transport
         if moved:
-            self._notify()
+            for w in self._waiters:  # a few purges in flight, not one per follower
+                if cursor >= w.seq and name in w.pending:
+                    w.pending.discard(name)
+                    if not w.pending:
+                        w.done.set()
 
     def delivered(self, name: str, seq: int) -> None:
         state = self.followers.get(name)
@@ -241,21 +276,62 @@ class PurgeHub:
         return [f for f in self.followers.values()
                 if f.connected(now) and (region is None or f.region == region)]
 
+    def answer(self, records: list[Record], cursor: int) -> bytes:
+        """The encoded long-poll answer: followers at one cursor share it (encoding it
+        once per follower was most of a purge's cost at 1,000 followers)."""
+        key = (cursor, self.last)
+        body = self._answers.get(key)
+        if body is None:
+            body = json.dumps({"last": self.last, "records": [r.to_json() for r in records]},
+                              separators=(",", ":")).encode()
+            if records:  # empty answers differ only by `last`: cheap, and not worth holding
+                self._answers[key] = body
+        return body
+
     async def wait_applied(self, rec: Record, limit: float) -> dict[str, bool]:
         """Wait until every connected follower the record applies to has acknowledged it,
         at most `limit` s. {node: applied}. Just after a start, configured edges that have
         not reconnected yet are waited for too (they are not gone, we just restarted)."""
         deadline = time.monotonic() + limit
-        while True:
-            status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
-            if time.monotonic() < self.warm_at:
-                for name, region in self.expected.items():
-                    if rec.region in (None, region):
-                        status.setdefault(name, False)
-            left = deadline - time.monotonic()
-            if all(status.values()) or left <= 0:
-                return status
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, RECHECK_SECONDS)):
-                    await self._news.wait()
+        waiter = _Waiter(rec.seq, self._pending(rec))
+        self._waiters.append(waiter)
+        try:
+            while waiter.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, RECHECK_SECONDS)):
+                        await waiter.done.wait()
+                # A follower that went away no longer holds the answer back; one that
+                # came back (or was expected) and has not applied it yet does.
+                waiter.pending = self._pending(rec)
+                if waiter.pending:
+                    waiter.done.clear()
+        finally:
+            self._waiters.remove(waiter)
+        return self._status(rec)
 
+    def _status(self, rec: Record) -> dict[str, bool]:
+        status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
+        if time.monotonic() < self.warm_at:
+            for name, region in self.expected.items():
+                if rec.region in (None, region):
+                    status.setdefault(name, False)
+        return status
+
+    def _pending(self, rec: Record) -> set[str]:
+        return {name for name, ok in self._status(rec).items() if not ok}
+
+
+@dataclass
+class _Waiter:
+    seq: int
+    pending: set[str]  # connected followers that have not acknowledged seq yet
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Batch:
+    ids: set[str]
+    task: asyncio.Task[Record] | None = None

@@ -31,6 +31,7 @@ from common.errors import (
 from common.hashing import is_content_id
 from common.problem import Handler
 from config.schema import Config
+from ingest.derive import manifest_lock
 from ingest.keys import CONFIG, HUB, ORIGIN
 from ingest.purgehub import Gone, PurgeHub
 from ingest.store import (
@@ -131,19 +132,20 @@ async def delete(request: web.Request) -> web.Response:
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
     origin = request.app[ORIGIN]
     hub = _hub(request)
-    try:
-        manifest = await load_manifest(origin, image_id, deleting=True)
-        exists = manifest is not None
-    except DamagedManifest:
-        manifest, exists = None, True  # damaged or not, it is there to delete
-    if not exists:
-        raise NotFound(f"no image {image_id}")
+    async with manifest_lock(request.app, image_id):  # no derivation rewrites it meanwhile
+        try:
+            manifest = await load_manifest(origin, image_id, deleting=True)
+            exists = manifest is not None
+        except DamagedManifest:
+            manifest, exists = None, True  # damaged or not, it is there to delete
+        if not exists:
+            raise NotFound(f"no image {image_id}")
+        await mark_deleting(origin, image_id, manifest)
     # The manifest is marked first: an upload of the same bytes then rebuilds the image
     # instead of trusting a manifest whose objects may be gone. Objects next: from there on
     # no edge can fill them. Then the record: every edge drops what it holds, and a fill
     # that began before is not stored. The manifest goes last, so a delete cut short
     # anywhere is still visible to a delete sent again.
-    await mark_deleting(origin, image_id, manifest)
     await delete_objects(origin, image_id)
     rec = await _record(hub, "delete", [image_id], False, None)
     await delete_manifest(origin, image_id)
@@ -189,7 +191,7 @@ async def follow(request: web.Request) -> web.Response:
             hub.poll_ended(node, request.transport)
     if node and records:
         hub.delivered(node, records[-1].seq)
-    return web.json_response({"last": hub.last, "records": [r.to_json() for r in records]})
+    return web.Response(body=hub.answer(records, after), content_type="application/json")
 
 
 async def announce(hub: PurgeHub, image_id: str) -> None:

@@ -61,6 +61,11 @@ HELP: dict[str, tuple[str, str, str]] = {
     "delete": ("delete images everywhere", ENV_ADMIN + ENV_TLS, f"mediacdn delete {ID}"),
     "stats": ("edge cache statistics", ENV_ADMIN + ENV_TLS, "mediacdn stats --json"),
     "warm": ("prefetch into edges", ENV_TLS, f"mediacdn warm {ID}"),
+    "reprocess": ("derive the configured variants images lack (a ladder change)",
+                  ENV_ADMIN + ENV_TLS, "mediacdn reprocess --all --variants w1440"),
+    "sign": ("print the signed path of a transform",
+             "  MEDIACDN_SIGNING_KEY  the signing key (the variable the config names)\n",
+             f"mediacdn sign {ID} w=800,h=600,fit=cover.webp"),
 }
 
 
@@ -81,6 +86,12 @@ def _version() -> str:
         return version("mediacdn")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown"
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number from 1 to 64")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "stats", [common, jsonp, regionp])
     w = _sub(sub, "warm", [common, jsonp, regionp])
     w.add_argument("ids", nargs="+", metavar="ID", type=_content_id)
+    rp = _sub(sub, "reprocess", [common, jsonp])
+    rp.add_argument("ids", nargs="*", metavar="ID", type=_content_id)
+    rp.add_argument("--all", action="store_true", help="every image at the origin")
+    rp.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants")
+    rp.add_argument("--concurrency", type=_positive, default=2, metavar="N",
+                    help="images at once (default 2)")
+    s = _sub(sub, "sign", [common])
+    s.add_argument("id", metavar="ID", type=_content_id)
+    s.add_argument("spec", metavar="SPEC.EXT", help="e.g. w=800,h=600,fit=cover,q=70.webp")
     return p
 
 
@@ -125,12 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.config = getattr(args, "config", None)
-    if args.command == "purge" and bool(args.ids) == bool(args.all):
-        parser.error("purge takes image ids or --all, not both and not neither")
+    if args.command in ("purge", "reprocess") and bool(args.ids) == bool(args.all):
+        parser.error(f"{args.command} takes image ids or --all, not both and not neither")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
-    from scripts import ops, services
+    from scripts import ops, reprocess, services, sign
 
     commands.update(services.COMMANDS)
+    commands.update(sign.COMMANDS)
+    commands.update(reprocess.COMMANDS)
     commands.update(ops.COMMANDS)
     try:
         return commands[args.command](args)

@@ -180,6 +180,21 @@ MEANING: dict[str, str] = {
     "transcode.max_waiting": "Uploads that may wait for a free transcode worker; more get "
                              "503 with Retry-After.",
     "transcode.wait_seconds": "How long an upload may wait for a free worker before 503.",
+    "transcode.ondemand_width_min": "Smallest `N` of a width on demand, "
+                                    "`/i/{id}/w{N}[@{D}x].{ext}`.",
+    "transcode.ondemand_width_max": "Largest `N` of a width on demand; `0` turns widths on "
+                                    "demand off (then only the ladder's names are served).",
+    "transcode.ondemand_width_step": "`N` must be `ondemand_width_min` plus a multiple of this; "
+                                     "any other width answers 404, nothing derived.",
+"secrets.signing_key_envs": "Environment variables holding the keys of signed transform "
+                                "URLs (>= 16 chars each); every one set is valid at once, for "
+                                "rotation. `mediacdn up` generates the first when none is set.",
+    "transcode.transform_max_width": "Largest `w` of a signed transform; more is 400.",
+    "transcode.transform_max_height": "Largest `h` of a signed transform; more is 400.",
+    "transcode.transform_rate_per_minute": "Signed transforms of one image derived per minute "
+                                           "at most (ingest); more is 429 with Retry-After.",
+    "transcode.ondemand_max_dpr": "Largest `D` of `@{D}x`: the output is `N` x `D` pixels wide, "
+                                  "never wider than the source.",
     "edge.workers": "Processes per edge node, sharing its port (SO_REUSEPORT) and cache.",
     "edge.access_log": "`misses`: log misses and errors only; `all`: also every hit.",
     "edge.cors_allow_origin": '`"*"`, one origin (`https://example.com`), or `""` for no '
@@ -202,6 +217,10 @@ MEANING: dict[str, str] = {
     "regions[].lat": "Latitude: failover goes to the nearest region.",
     "regions[].lon": "Longitude.",
     "regions[].cidrs": "Client networks routed here (the most specific match wins).",
+    "regions[].shield": "Another region whose owner edge this region's owner edges fill "
+                        "from before the origin (checked like any peer: blake3 and size "
+                        "from the origin's HEAD), so the origin sees one GET per object "
+                        "across shielded regions. One level: a shield has no shield itself.",
     "router.host": "Address the router binds.",
     "router.port": "Port of the router (0: any free port).",
     "router.default_region": "Region when neither `?region=`, country nor address decide. "

@@ -56,6 +56,11 @@ def secrets_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
             out[var] = secrets.token_urlsafe(32)
             print(f"secret {var} {out[var]}", flush=True)
             log("warning", f"{var} was not set: generated a random {what} for this run")
+    if not cfg.secrets.signing_keys and cfg.secrets.signing_key_envs:
+        var = cfg.secrets.signing_key_envs[0]
+        out[var] = secrets.token_urlsafe(32)
+        print(f"secret {var} {out[var]}", flush=True)
+        log("warning", f"{var} was not set: generated a random signing key for this run")
     return out
 
 

@@ -86,8 +86,8 @@ async def test_up_runs_the_topology_restarts_a_child_and_drains(tmp_path: Path) 
             else:
                 services[parts[1]] = parts[2]
     # No secret was set: random ones were generated and printed, never a default.
-    assert set(secrets) == {"MEDIACDN_API_KEY", "MEDIACDN_ADMIN_TOKEN"}
-    assert len(set(secrets.values())) == 2 and all(len(v) >= 32 for v in secrets.values())
+    assert set(secrets) == {"MEDIACDN_API_KEY", "MEDIACDN_ADMIN_TOKEN", "MEDIACDN_SIGNING_KEY"}
+    assert len(set(secrets.values())) == 3 and all(len(v) >= 32 for v in secrets.values())
     assert services["eu-west-b"] == f"http://127.0.0.1:{ports.edges['eu-west-b']}"
     async with aiohttp.ClientSession() as http:
         for url in services.values():

@@ -172,3 +172,30 @@ def test_max_height_is_read_for_fit_variants() -> None:
     cfg = parse_config(raw, {}, Path("t.toml"))
     assert cfg.transcode.variants[0].max_height == 2000
     assert cfg.transcode.variants[1].max_height is None
+
+
+def _shields(**by_region: str) -> dict[str, Any]:
+    raw = copy.deepcopy(DEFAULT)
+    for region in raw["regions"]:
+        if region["name"] in by_region:
+            region["shield"] = by_region[region["name"]]
+    return raw
+
+
+def test_a_region_may_name_another_as_its_shield() -> None:
+    cfg = parse_config(_shields(**{"us-east": "eu-west", "ap-south": "eu-west"}), {},
+                       Path("t.toml"))
+    assert [(r.name, r.shield) for r in cfg.regions] == [
+        ("eu-west", None), ("us-east", "eu-west"), ("ap-south", "eu-west")]
+
+
+@pytest.mark.parametrize(("shields", "index", "says"), [
+    ({"us-east": "mars"}, 1, "unknown region"),
+    ({"us-east": "us-east"}, 1, "its own shield"),
+    ({"us-east": "eu-west", "eu-west": "ap-south"}, 1, "do not chain"),
+])
+def test_a_bad_shield_names_the_key(shields: dict[str, str], index: int, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_shields(**shields), {}, Path("t.toml"))
+    assert info.value.key == f"regions[{index}].shield"
+    assert says in str(info.value)

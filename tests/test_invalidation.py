@@ -365,3 +365,29 @@ async def test_an_edge_started_with_the_origin_down_serves_its_cache_and_becomes
                 break
         assert time.monotonic() - t0 < 10, "never became ready"
         await asyncio.sleep(0.2)
+
+
+async def test_a_derivation_racing_a_delete_leaves_no_variant_behind(net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    # Big enough that deriving takes a while: the delete lists the image's objects before
+    # the derivation writes its variant.
+    manifest = await net.upload(images.jpeg(images.photo(6000, 4000)))
+    image_id = str(manifest["id"])
+    assert net.ingest is not None
+    net.proxy.delay = 0.1
+    derive = asyncio.create_task(net.http.post(
+        f"{net.ingest.url}/_internal/derive/{image_id}/w2000.webp", headers=ADMIN))
+    await asyncio.sleep(0.3)  # the derivation has read the manifest; the delete starts
+    async with net.http.delete(f"{net.ingest.url}/v1/images/{image_id}",
+                               headers=ADMIN) as r:
+        assert r.status == 204
+    resp = await derive
+    resp.release()
+    net.proxy.delay = 0
+    cfg = load_config(net.config, net.env)
+    async with open_origin(cfg.origin) as origin:
+        assert await origin.list(f"variants/{image_id}/") == []  # nothing outlives it
+    for name in ("w2000.webp", "w640.webp"):
+        assert (await net.get(f"{net.url('e1')}/i/{image_id}/{name}"))[0] == 404

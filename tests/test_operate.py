@@ -275,7 +275,7 @@ def test_version() -> None:
 
 
 @pytest.mark.parametrize("command", ["up", "ingest", "edge", "router", "upload", "purge",
-                                     "delete", "stats", "warm"])
+                                     "delete", "stats", "warm", "reprocess", "sign"])
 def test_each_subcommand_help_lists_env_and_an_example(command: str) -> None:
     r = cli(command, "--help")
     assert r.returncode == 0

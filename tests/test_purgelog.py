@@ -54,8 +54,26 @@ async def test_two_writers_never_share_or_skip_a_number(origin: Origin) -> None:
     await asyncio.gather(*(hub.append("purge", [i]) for hub, i in
                            zip([a, b] * 12, ids, strict=True)))
     batch = await purgelog.read_after(origin, 0)
-    assert [r.seq for r in batch.records] == list(range(1, 25))
-    assert sorted(r.ids[0] for r in batch.records) == sorted(ids)
+    # Appends that wait together may share a record (group commit): numbered 1..K, each
+    # id in exactly one record.
+    assert [r.seq for r in batch.records] == list(range(1, len(batch.records) + 1))
+    assert sorted(i for r in batch.records for i in r.ids) == sorted(ids)
+
+
+async def test_purges_arriving_during_a_write_share_the_next_record(origin: Origin) -> None:
+    # Numbers are claimed one round trip at a time: 30 purges at once must not cost 30
+    # origin writes in a row (each answered only after all the ones before it).
+    hub = PurgeHub(origin, 60, 86400)
+    await hub.load()
+    ids = [content_id(i.to_bytes(2, "big")) for i in range(30)]
+    recs = await asyncio.gather(*(hub.append("purge", [i]) for i in ids))
+    batch = await purgelog.read_after(origin, 0)
+    assert len(batch.records) <= 2
+    assert sorted(i for r in batch.records for i in r.ids) == sorted(ids)
+    for i, rec in zip(ids, recs, strict=True):  # each caller's answer names a record with it
+        assert i in rec.ids
+    whole = await hub.append("purge", [], purge_all=True, region="us-east")
+    assert whole.all and whole.ids == () and whole.region == "us-east"
 
 
 async def test_compaction_keeps_the_newest_and_a_reader_behind_it_is_told(
@@ -156,3 +174,27 @@ async def test_a_damaged_record_purges_everything_and_never_blocks_the_edge(
     else:
         raise AssertionError("the damaged record was never applied")
     assert json.loads((node.cache_dir / "purge.cursor").read_text()) == 1
+
+
+class ListCountingOrigin(FsOrigin):
+    lists = 0
+
+    async def list(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+        self.lists += 1
+        return await super().list(prefix, start_after, limit)
+
+
+async def test_an_idle_reader_of_a_long_log_lists_it_once_per_poll(tmp_path: Path) -> None:
+    # Ingest re-reads the log every log_poll_seconds and fallback edges every
+    # purge_poll_seconds: an idle read must not list the whole log (a LIST per 1,000
+    # records, every poll, growing with the retention).
+    origin = ListCountingOrigin(tmp_path / "origin")
+    for seq in range(1, 2501):
+        assert await purgelog.try_write(origin, purgelog.new_record(
+            seq, "purge", [content_id(seq.to_bytes(2, "big"))]))
+    hub = PurgeHub(origin, 60, 86400)
+    await hub.load()
+    origin.lists = 0
+    assert await hub.refresh() == 0
+    assert (await purgelog.read_after(origin, 2500)).records == []
+    assert origin.lists == 2

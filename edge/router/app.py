@@ -9,13 +9,15 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from common.errors import BadRequest, NotFound
+from common.errors import BadRequest, Forbidden, NotFound
 from common.forwarded import client_address
 from common.hashing import is_content_id
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
+from common.signing import verify
 from common.surface import admin_guard, identify
 from common.tls import client_context
+from common.variants import on_demand
 from config.schema import Config
 from edge.paths import parse_name
 from edge.router.choose import decide, nearest_first
@@ -50,7 +52,7 @@ async def redirect(request: web.Request) -> web.Response:
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
     variant, _ = parse_name(name)
-    if cfg.transcode.variant(variant) is None:
+    if cfg.transcode.variant(variant) is None and on_demand(variant, cfg.transcode) is None:
         raise NotFound(f"no variant {variant!r}")
     decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
                       request.app[NEAREST])
@@ -61,6 +63,25 @@ async def redirect(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={
         "Location": location, "Cache-Control": "private, max-age=60",
         "Vary": COUNTRY_HEADER, "X-Edge": decision.edge.name})
+
+
+async def redirect_transform(request: web.Request) -> web.Response:
+    """A signed transform goes to the edge like a variant; a bad signature stops here."""
+    cfg = request.app[CONFIG]
+    info = request.match_info
+    image_id = info["id"]
+    spec, _, ext = info["spec"].rpartition(".")
+    if not verify(cfg.secrets.signing_keys, image_id, spec, ext, info["sig"]):
+        raise Forbidden("missing or wrong signature (see docs/api.md)")
+    if not is_content_id(image_id):
+        raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
+    decision = decide(cfg, request.app[HEALTH], _region_choice(request), image_id,
+                      request.app[NEAREST])
+    request.app[ROUTED].labels(decision.served_by_region).inc()
+    return web.Response(status=302, headers={
+        "Location": decision.edge.url + request.raw_path.partition("?")[0],
+        "Cache-Control": "private, max-age=60", "Vary": COUNTRY_HEADER,
+        "X-Edge": decision.edge.name})
 
 
 async def route(request: web.Request) -> web.Response:
@@ -105,6 +126,7 @@ def create_app(cfg: Config) -> web.Application:
 
     add_ops_routes(app, registry, ready, admin=admin_guard(cfg.router.listener))
     app.router.add_get("/i/{id}/{name}", redirect)
+    app.router.add_get("/i/{id}/t/{sig}/{spec}", redirect_transform)
     app.router.add_get("/v1/route", route)
     app.router.add_get("/openapi.json", openapi)
     identify(app, {"service": "mediacdn router", "name": "router",

@@ -72,6 +72,25 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/i/{id}/t/{sig}/{spec}": {
+            "parameters": [ID_PARAM,
+                           {"name": "sig", "in": "path", "required": True,
+                            "schema": {"type": "string"}},
+                           {"name": "spec", "in": "path", "required": True,
+                            "schema": {"type": "string"}}, *_query, _country_header],
+            "get": {
+                "summary": "A signed transform: redirect to the chosen edge, once the "
+                           "signature is checked",
+                "responses": {
+                    "302": {"description": "Location: the chosen edge's URL for this path",
+                            "headers": {"Location": {"schema": {"type": "string"}},
+                                        "X-Edge": {"schema": {"type": "string"}}}},
+                    "400": problem_response("malformed id or unknown region"),
+                    "403": problem_response("missing or wrong signature"),
+                    "503": problem_response("no healthy edge in any region"),
+                },
+            },
+        },
         "/v1/route": {
             "get": {
                 "summary": "Explain the choice the router would make",
