@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
 from common.auth import require_bearer
-from common.errors import BadRequest, ServiceUnavailable
-from common.hashing import is_content_id
+from common.errors import ServiceUnavailable
+from common.purgebody import read_purge_body
 from edge.keys import CACHE, CONFIG, NODE
-
-MAX_IDS = 10_000
 
 
 def _admin(request: web.Request) -> None:
@@ -22,30 +17,15 @@ def _admin(request: web.Request) -> None:
     require_bearer(request, token, "admin token")
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be JSON: {\"ids\": [...]} or {\"all\": true}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
 async def purge(request: web.Request) -> web.Response:
+    """This node only, complete on it when answered (every worker, the disk, fills in
+    flight); the durable, everywhere purge is ingest's `POST /v1/purges`."""
     _admin(request)
-    body = await _json_body(request)
+    body = await read_purge_body(request)
     cache = request.app[CACHE]
-    if body.get("all") is True and not body.get("ids"):
+    if body.all:
         return web.json_response({"purged": await cache.purge_all()})
-    ids = body.get("ids")
-    if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
-        raise BadRequest(f"'ids' must be a list of 1 to {MAX_IDS} image ids, or send "
-                         "{\"all\": true}")
-    bad = [i for i in ids if not isinstance(i, str) or not is_content_id(i)]
-    if bad:
-        raise BadRequest(f"not image ids: {json.dumps(bad[:5])[:200]}")
-    return web.json_response({"purged": await cache.purge_ids(sorted(set(ids)))})
+    return web.json_response({"purged": await cache.purge_ids(body.ids)})
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -13,10 +13,8 @@ that had not.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -30,6 +28,7 @@ from common.errors import (
 )
 from common.hashing import is_content_id
 from common.problem import Handler
+from common.purgebody import read_purge_body
 from config.schema import Config
 from ingest.derive import manifest_lock
 from ingest.keys import CONFIG, HUB, ORIGIN
@@ -45,7 +44,6 @@ from ingest.store import (
 from origin.purgelog import Record
 
 log = logging.getLogger("mediacdn.ingest.purges")
-MAX_IDS = 10_000
 MAX_WAIT_SECONDS = 60.0
 ANNOUNCE_SECONDS = 5.0
 
@@ -91,28 +89,12 @@ def _edges(hub: PurgeHub, status: dict[str, bool], region: str | None) -> dict[s
 
 async def purge(request: web.Request) -> web.Response:
     cfg = _admin(request)
-    try:
-        body: Any = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be JSON: {\"ids\": [...]} or {\"all\": true}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    region = body.get("region")
+    body = await read_purge_body(request)
+    region = body.raw.get("region")
     if region is not None and (not isinstance(region, str) or cfg.region(region) is None):
         raise BadRequest(f"unknown region {str(region)[:64]!r}; regions: "
                          + ", ".join(r.name for r in cfg.regions))
-    purge_all = body.get("all") is True
-    ids = body.get("ids", [])
-    if purge_all and ids:
-        raise BadRequest("send either \"ids\" or \"all\", not both")
-    if not purge_all:
-        if not isinstance(ids, list) or not ids or len(ids) > MAX_IDS:
-            raise BadRequest(f"'ids' must be a list of 1 to {MAX_IDS} image ids, or send "
-                             "{\"all\": true}")
-        bad = [i for i in ids if not isinstance(i, str) or not is_content_id(i)]
-        if bad:
-            raise BadRequest(f"not image ids: {json.dumps(bad[:5])[:200]}")
-        ids = sorted(set(ids))
+    ids, purge_all = body.ids, body.all
     hub = _hub(request)
     rec = await _record(hub, "purge", ids, purge_all, region)
     status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)

@@ -72,6 +72,18 @@ class FsOrigin:
     def _put_sync(
         self, path: Path, body: bytes | BinaryIO, content_type: str, metadata: dict[str, str]
     ) -> None:
+        tmp = self._write_tmp(path, body, content_type, metadata)
+        try:
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write_tmp(
+        self, path: Path, body: bytes | BinaryIO, content_type: str, metadata: dict[str, str]
+    ) -> Path:
+        """The object, header and body, written and fsynced under .tmp; the caller puts it
+        in place (or removes it)."""
         if isinstance(body, bytes):
             size = len(body)
         else:
@@ -90,27 +102,18 @@ class FsOrigin:
                         out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     async def create(self, key: str, body: bytes, content_type: str) -> bool:
         path = self._path(key)
         return await asyncio.to_thread(self._create_sync, path, body, content_type)
 
     def _create_sync(self, path: Path, body: bytes, content_type: str) -> bool:
-        header = {"content_type": content_type, "size": len(body), "metadata": {}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._inside(path)
-        tmp = self._tmp / f"{secrets.token_hex(8)}.part"
+        tmp = self._write_tmp(path, body, content_type, {})
         try:
-            with open(tmp, "wb") as out:
-                out.write(MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n")
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
             try:
                 os.link(tmp, path)  # atomic, complete, and refused if the name exists
             except FileExistsError:
