@@ -26,6 +26,12 @@ from transcode.pool import WorkerPool
 log = logging.getLogger("mediacdn.ingest")
 
 
+async def _release_long_polls(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for the handlers in flight (the drain).
+    if HUB in app:
+        app[HUB].close()
+
+
 def _metrics(registry: CollectorRegistry) -> IngestMetrics:
     return IngestMetrics(
         uploads=Counter("mediacdn_ingest_uploads", "Upload answers by status", ["status"],
@@ -94,6 +100,7 @@ def create_app(cfg: Config) -> web.Application:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     app.cleanup_ctx.extend([origin_ctx, spool_ctx, pool_ctx, hub_ctx])
+    app.on_shutdown.append(_release_long_polls)
 
     async def ready(app: web.Application) -> str | None:
         try:

@@ -80,6 +80,7 @@ class PurgeHub:
         self._batches: dict[tuple[Kind, bool, str | None], _Batch] = {}  # not yet written
         self._answers: dict[tuple[int, int], bytes] = {}  # (cursor, last) -> encoded answer
         self.loaded = False
+        self.closing = False
 
     # -- the log -----------------------------------------------------------------------
     async def load(self) -> None:
@@ -249,11 +250,17 @@ class PurgeHub:
             if cursor < self.last:
                 return self._slice(cursor)
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.closing:
                 return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._news.wait()
+
+    def close(self) -> None:
+        """Shutting down: pending long-polls answer now (their followers simply ask again,
+        elsewhere or later) instead of holding the drain for the whole wait."""
+        self.closing = True
+        self._notify()
 
     def _slice(self, cursor: int) -> list[Record]:
         if not self.tail or self.tail[0].seq > cursor + 1:

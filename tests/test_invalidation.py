@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,19 +134,12 @@ async def warm(net: Net, edge: str, paths: list[str], rounds: int = 3) -> None:
         await asyncio.gather(*(net.get(net.url(edge) + p) for p in paths))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("via", ["admin", "cli", "delete", "slow-delete"])
-async def test_a_purge_answered_is_complete_for_thousands_of_racing_gets(
-        net: Net, workers: int, via: str) -> None:
-    net.write(workers=workers)
-    await net.start_ingest()
-    await net.start_edge("e1")
-    manifest = await net.upload(images.jpeg())
-    image_id, paths = str(manifest["id"]), paths_of(manifest)
-    await warm(net, "e1", paths)
-    # Cached copies are now >= 3.2 s old; a refill in the 1 s of racing after the answer
-    # shows an Age of at most 2 (whole seconds on both ends).
-    await asyncio.sleep(3.2)
+async def race(net: Net, paths: list[str], act: Callable[[], Awaitable[None]],
+               deleting: bool) -> tuple[int, list[tuple[str, int, str, int]]]:
+    """8 clients GET `paths` in a loop while `act` runs and for 1 s after it returned; what
+    every GET sent after that answer got that is the old copy (a hit at least 3 s old, or
+    anything but 404 after a delete). Cached copies must be >= 3.2 s old when it starts: a
+    refill in that second shows an Age of at most 2 (whole seconds on both ends)."""
     answered = asyncio.Event()
     stale: list[tuple[str, int, str, int]] = []
     seen_after = 0
@@ -164,36 +157,61 @@ async def test_a_purge_answered_is_complete_for_thousands_of_racing_gets(
             if not after:
                 continue
             seen_after += 1
-            deleting = via.endswith("delete")
-            old = status != 404 if deleting else (cache == "HIT" and age >= 3)
-            if old:
+            if (status != 404) if deleting else (cache == "HIT" and age >= 3):
                 stale.append((path, status, cache, age))
 
     racers = [asyncio.create_task(racer(i)) for i in range(8)]
     await asyncio.sleep(0.3)
-    if via == "admin":
-        async with net.http.post(net.url("e1") + "/_admin/purge", json={"ids": [image_id]},
-                                 headers=ADMIN) as r:
-            assert r.status == 200
-    elif via == "cli":
-        code, _, err = await net.cli("purge", image_id)
-        assert code == 0, err
-    else:
-        # A slow origin stretches every step of the delete, so racing refills and the
-        # follower's reads interleave with it.
-        net.proxy.delay = 0.15 if via == "slow-delete" else 0.0
-        code, _, err = await net.cli("delete", image_id)
-        net.proxy.delay = 0.0
-        assert code == 0, err
+    await act()
     answered.set()
     await asyncio.gather(*racers)
-    assert seen_after > 100
-    assert stale == [], (f"{len(stale)} of {seen_after} GETs after the answer got the old "
-                         f"copy: {stale[:3]}")
-    if via.endswith("delete"):  # forever, not just once: nothing refilled it behind our back
-        await asyncio.sleep(1.5)
-        for p in paths:
-            assert (await net.get(net.url("e1") + p))[0] == 404
+    return seen_after, stale
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_purge_answered_is_complete_for_thousands_of_racing_gets(
+        net: Net, workers: int) -> None:
+    net.write(workers=workers)
+    await net.start_ingest()
+    await net.start_edge("e1")
+    a, b, c, d = [await net.upload(images.jpeg(images.photo(800 + i * 16, 400)))
+                  for i in range(4)]
+    await warm(net, "e1", [p for m in (a, b, c, d) for p in paths_of(m)])
+    await asyncio.sleep(3.2)
+
+    async def admin_purge() -> None:  # the node alone
+        async with net.http.post(net.url("e1") + "/_admin/purge", json={"ids": [a["id"]]},
+                                 headers=ADMIN) as r:
+            assert r.status == 200
+
+    async def cli(*argv: str) -> None:  # through ingest and the log
+        code, _, err = await net.cli(*argv)
+        assert code == 0, err
+
+    # Three at once, each raced by its own clients: an admin purge, a CLI purge, a delete.
+    results = await asyncio.gather(
+        race(net, paths_of(a), admin_purge, deleting=False),
+        race(net, paths_of(b), lambda: cli("purge", str(b["id"])), deleting=False),
+        race(net, paths_of(c), lambda: cli("delete", str(c["id"])), deleting=True))
+
+    async def slow_delete() -> None:
+        # A slow origin stretches every step of the delete, so racing refills and the
+        # follower's reads interleave with it.
+        net.proxy.delay = 0.15
+        try:
+            await cli("delete", str(d["id"]))
+        finally:
+            net.proxy.delay = 0.0
+
+    results.append(await race(net, paths_of(d), slow_delete, deleting=True))
+    for via, (seen_after, stale) in zip(("admin", "cli", "delete", "slow delete"), results,
+                                        strict=True):
+        assert seen_after > 50, via
+        assert stale == [], (f"{via}: {len(stale)} of {seen_after} GETs after the answer got "
+                             f"the old copy: {stale[:3]}")
+    await asyncio.sleep(1.5)  # forever, not just once: nothing refilled them behind our back
+    for p in paths_of(c) + paths_of(d):
+        assert (await net.get(net.url("e1") + p))[0] == 404
 
 
 async def test_a_fill_in_flight_when_a_purge_lands_is_not_stored(net: Net) -> None:
@@ -391,3 +409,17 @@ async def test_a_derivation_racing_a_delete_leaves_no_variant_behind(net: Net) -
         assert await origin.list(f"variants/{image_id}/") == []  # nothing outlives it
     for name in ("w2000.webp", "w640.webp"):
         assert (await net.get(f"{net.url('e1')}/i/{image_id}/{name}"))[0] == 404
+
+
+async def test_ingest_drains_at_once_with_edges_long_polling_it(net: Net) -> None:
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    await net.upload(images.jpeg())  # the edge's follower is in a long-poll on ingest now
+    await asyncio.sleep(0.5)
+    assert net.ingest is not None
+    t0 = time.monotonic()
+    assert await net.ingest.stop() == 0
+    # Pending long-polls are answered at shutdown, not waited out (20 s each, or the
+    # 10 s drain bound): SIGTERM to exit well under either.
+    assert time.monotonic() - t0 < 5
