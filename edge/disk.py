@@ -31,6 +31,9 @@ from edge.entry import Entry
 ORPHAN_MIN_AGE = 120.0
 
 
+LOCK_SECONDS = 10.0
+
+
 class CorruptEntry(Exception):
     """Cached bytes that no longer hash to their recorded blake3."""
 
@@ -40,8 +43,11 @@ class DiskTier:
         directory.mkdir(parents=True, exist_ok=True)
         settings = {"size_limit": size_limit, "eviction_policy": "least-recently-used",
                     "cull_limit": 0, "statistics": False, "sqlite_mmap_size": 1 << 26}
-        self._writer = diskcache.Cache(str(directory), **settings)
-        self._reader = diskcache.Cache(str(directory), **settings)
+        # A lock held longer than LOCK_SECONDS (another process, a stalled disk) fails the
+        # operation instead of holding an I/O thread for diskcache's default minute: a
+        # read is then a miss, a write is skipped, a purge is retried by the follower.
+        self._writer = diskcache.Cache(str(directory), timeout=LOCK_SECONDS, **settings)
+        self._reader = diskcache.Cache(str(directory), timeout=LOCK_SECONDS, **settings)
         self._reader.reset("eviction_policy", "none", update=False)  # local only: fast gets
         self.directory = directory
         self._touched: set[str] = set()
@@ -52,7 +58,7 @@ class DiskTier:
         """The entry, verified against its blake3; None if absent; CorruptEntry if damaged."""
         try:
             found = self._reader.get(key, default=None, tag=True)
-        except (sqlite3.Error, OSError):
+        except (sqlite3.Error, OSError, diskcache.Timeout):
             return None
         body, tag = found
         if body is None or tag is None:

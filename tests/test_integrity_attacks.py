@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from config import load_config
+from edge.disk import LOCK_SECONDS
 from origin import open_origin, purgelog
 from tests import images, test_invalidation
 from tests.helpers import ADMIN, AUTH
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def _hold_write_lock(db: Path, seconds: float, taken: threading.Event) -> None:
     """Another writer holding the cache's SQLite write lock (a long transaction, a slow
-    disk, a backup tool): diskcache waits its 60 s busy timeout, then raises Timeout."""
+    disk, a backup tool): diskcache waits its busy timeout, then raises Timeout."""
     conn = sqlite3.connect(db, timeout=1, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     taken.set()
@@ -43,12 +44,12 @@ def _hold_write_lock(db: Path, seconds: float, taken: threading.Event) -> None:
     conn.close()
 
 
-async def test_a_disk_error_while_applying_a_delete_kills_the_follower_for_good(
+async def test_a_disk_error_while_applying_a_delete_never_leaves_the_image_served(
         net: Net) -> None:
-    """Follower.run_forever catches only MediaCDNError/ClientError/OSError/TimeoutError;
-    diskcache.Timeout (or any sqlite3.Error, e.g. 'database or disk is full') raised by
-    disk.delete_prefixes ends the task silently. The node stays ready and serves the
-    deleted image from its disk tier forever; later records are never applied."""
+    """A delete applied while another process holds the cache's write lock past the disk
+    tier's lock timeout (diskcache.Timeout, like any sqlite3.Error such as a full disk):
+    once it was a silent end of the follower, the node ready and serving the deleted
+    image from disk forever. Now the node refuses media until the retry succeeds."""
     net.write()
     await net.start_ingest()
     await net.start_edge("e1")
@@ -57,12 +58,13 @@ async def test_a_disk_error_while_applying_a_delete_kills_the_follower_for_good(
     await warm(net, "e1", paths, rounds=1)
     taken = threading.Event()
     db = net.tmp / "cache" / "e1" / "objects" / "cache.db"
-    locker = threading.Thread(target=_hold_write_lock, args=(db, 62.0, taken), daemon=True)
+    locker = threading.Thread(target=_hold_write_lock, args=(db, LOCK_SECONDS + 2, taken),
+                              daemon=True)
     locker.start()
     assert await asyncio.to_thread(taken.wait, 5)
     code, _, _ = await net.cli("delete", image_id)
     # The CLI honestly names e1 as pending here; that is fine. What follows is not.
-    await asyncio.to_thread(locker.join, 70)
+    await asyncio.to_thread(locker.join, LOCK_SECONDS + 10)
     await asyncio.sleep(2)
     async with net.http.get(net.url("e1") + "/readyz") as r:
         ready = r.status
@@ -78,7 +80,7 @@ async def test_a_disk_error_while_applying_a_delete_kills_the_follower_for_good(
         f"{still[:2]}; a later purge: cli exit {later}, X-Cache after it {after}")
 
 
-async def test_catch_up_from_a_slow_origin_never_finishes(net: Net) -> None:
+async def test_catch_up_from_a_slow_origin_finishes(net: Net) -> None:
     """Follower.from_origin puts the whole read_after (LIST + up to 1000 record GETs, 32
     at a time) under ONE origin_timeout, and a timed-out batch keeps nothing. With ingest
     away, an origin answering each call in 0.2 s and 1000 records to catch up (~7 s of
@@ -114,7 +116,7 @@ async def test_catch_up_from_a_slow_origin_never_finishes(net: Net) -> None:
     assert status == 200, "edge still catching up 40 s after start (it never will)"
 
 
-async def test_a_stalled_follower_worker_lets_its_sibling_serve_purged_copies(
+async def test_a_stalled_follower_worker_stops_its_siblings_serving_purged_copies(
         net: Net) -> None:
     """2-worker node, worker 0 (the only follower) stalled (SIGSTOP: a blocked loop, a
     hung disk). Worker 1 keeps answering /readyz 200 and serving the copy the purge
@@ -154,7 +156,7 @@ async def test_a_stalled_follower_worker_lets_its_sibling_serve_purged_copies(
         os.kill(worker0, signal.SIGCONT)
 
 
-async def test_a_delete_cut_short_leaves_an_image_that_uploads_cannot_repair(
+async def test_an_upload_repairs_an_image_whose_delete_was_cut_short(
         net: Net) -> None:
     """DELETE removes the objects first and the manifest last, but an upload trusts the
     manifest alone ("its presence means the set is complete", ingest/store.py). Ingest
@@ -189,7 +191,7 @@ async def test_a_delete_cut_short_leaves_an_image_that_uploads_cannot_repair(
         f"re-uploaded image not served: {statuses} (the upload answered {upload_status})")
 
 
-async def test_after_an_ingest_restart_a_purge_is_answered_before_any_edge_applied(
+async def test_after_an_ingest_restart_a_purge_waits_for_the_edges_to_reconnect(
         net: Net) -> None:
     """A restarted ingest knows no followers (PurgeHub.followers is in memory) and edges
     that lost their long-poll sleep purge_poll_seconds (default 10 s) on the origin path.
@@ -217,7 +219,7 @@ async def test_after_an_ingest_restart_a_purge_is_answered_before_any_edge_appli
         f"purge answered {answer} while e1 still serves the purged copy (Age {age})")
 
 
-async def test_an_idle_poll_lists_the_whole_purge_log(net: Net) -> None:
+async def test_an_idle_poll_does_not_list_the_whole_purge_log(net: Net) -> None:
     """purgelog.read_after, finding nothing after the cursor, calls last_seq(), which pages
     through the WHOLE log (one LIST per 1000 records) to check for a reset. That is what
     ingest's refresh runs every log_poll_seconds (default 1 s) and every edge on the
@@ -242,7 +244,7 @@ async def test_an_idle_poll_lists_the_whole_purge_log(net: Net) -> None:
     assert lists <= 1, f"{lists} LISTs for one idle poll of a 3,000-record log"
 
 
-def test_a_large_purge_freezes_every_worker_when_the_negative_cache_is_full(
+def test_a_large_purge_does_not_freeze_workers_with_a_full_negative_cache(
         tmp_path: Path) -> None:
     """Invalidation._apply calls NegativeCache.discard_prefix (and MemoryTier.discard_prefix,
     SingleFlight.forget_prefix) once per id, each a scan of the whole table: O(ids x
@@ -273,7 +275,7 @@ def test_a_large_purge_freezes_every_worker_when_the_negative_cache_is_full(
     assert took < 1.0, f"applying a 1,000-id purge blocked the event loop {took:.1f} s"
 
 
-async def test_an_unusable_cache_dir_makes_the_other_workers_refuse_media_forever(
+async def test_an_unusable_cache_dir_leaves_every_worker_serving(
         net: Net) -> None:
     """With the cache directory unusable, Journal falls back to private anonymous memory
     (edge/journal.py: "a single worker still works"). On a 2-worker node that splits the
@@ -297,7 +299,7 @@ async def test_an_unusable_cache_dir_makes_the_other_workers_refuse_media_foreve
 
 
 @pytest.mark.parametrize("kind", ["404", "304", "206", "HEAD"])
-async def test_held_non_reading_clients_on_other_response_paths(
+async def test_non_reading_clients_on_other_response_paths_cannot_hoard_memory(
         tmp_path: Path, kind: str) -> None:
     """Issue 9 item 1 on the paths the main test does not cover: pipelined 404s (negative
     hits), 304s, 206s and HEADs to sockets that never read. HELD: passes on 201af41."""
