@@ -35,6 +35,6 @@ else
   echo "make test: S3 server = moto (started by the suite; Ceph needs root with apt, and MEDIACDN_TEST_NO_CEPH unset)"
 fi
 
-$PY -m pytest "$@"
+$PY -m pytest --durations=15 "$@"
 status=$?
 exit $status
