@@ -3,7 +3,11 @@
     POST   /v1/purges              admin: {"ids": [...]} or {"all": true}, "region" optional
     DELETE /v1/images/{id}         admin: objects gone, then recorded, then the manifest
     GET    /v1/purges/{seq}        admin: which connected edges have applied record seq
-    GET    /_internal/purges       admin: ?after=N&node=&region=&wait=S  (edges' long-poll)
+    GET    /_internal/purges       admin: ?after=N&node=&region=&wait=S  (catch-up pages,
+                                   long-poll for simple clients; after=-1: the newest number)
+    GET    /_internal/purges/stream  admin, WebSocket: ?after=N&node=&region= (edges follow
+                                   it: records pushed as they land; the edge sends back
+                                   the cursor it has applied, its acknowledgement)
 
 A purge or delete is answered once it is durable in the log and every connected edge it
 applies to has applied it (at most `ingest.purge_ack_seconds`); the answer names any edge
@@ -13,10 +17,11 @@ that had not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from common.auth import require_bearer
 from common.errors import (
@@ -53,6 +58,7 @@ def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> Non
     app.router.add_delete("/v1/images/{id}", delete)
     app.router.add_get("/v1/purges/{seq}", status)
     app.router.add_get("/_internal/purges", admin(follow))
+    app.router.add_get("/_internal/purges/stream", admin(stream))
 
 
 def _admin(request: web.Request) -> Config:
@@ -174,6 +180,54 @@ async def follow(request: web.Request) -> web.Response:
     if node and records:
         hub.delivered(node, records[-1].seq)
     return web.Response(body=hub.answer(records, after), content_type="application/json")
+
+
+STREAM_HEARTBEAT_SECONDS = 30.0  # a follower gone silent (a partition) is dropped in ~45 s
+GONE = 4410  # close code: the records after the cursor are no longer in memory (read the origin)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """One edge node's follow stream. Binary messages down: the same JSON as a long-poll
+    answer ({"last", "records"}). Text messages up: the cursor the node has applied."""
+    _admin(request)
+    q = request.query
+    node, region = q.get("node", "")[:128], q.get("region", "")[:128]
+    try:
+        after = int(q.get("after", ""))
+    except ValueError:
+        raise BadRequest("'after' must be an integer") from None
+    if after < 0 or not node:
+        raise BadRequest("a stream needs 'after' >= 0 and a 'node' name")
+    hub = _hub(request)
+    ws = web.WebSocketResponse(heartbeat=STREAM_HEARTBEAT_SECONDS, compress=False,
+                               max_msg_size=1024)
+    await ws.prepare(request)
+    transport = request.transport
+    hub.ack(node, region, after, transport)
+    feeding = asyncio.create_task(_feed(hub, node, after, ws))
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT or not msg.data.isdigit():
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"send a cursor")
+                break
+            hub.ack(node, region, int(msg.data), transport)
+    finally:
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeding
+        hub.poll_ended(node, transport)
+    return ws
+
+
+async def _feed(hub: PurgeHub, node: str, after: int, ws: web.WebSocketResponse) -> None:
+    try:
+        await hub.feed(node, after, ws.send_bytes)
+    except Gone as exc:
+        await ws.close(code=GONE, message=str(exc).encode()[:120])
+        return
+    except ConnectionError:  # the follower went away; the reader sees it too
+        return
+    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"ingest is shutting down")
 
 
 async def announce(hub: PurgeHub, image_id: str) -> None:
