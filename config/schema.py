@@ -135,7 +135,7 @@ class EdgeSettings:
     negative_ttl: float
     origin_timeout: float
     purge_poll_seconds: float  # polling the origin's log: only while ingest is unreachable
-    purge_follow_seconds: float  # one long-poll to ingest's log stream waits this long
+    purge_follow_seconds: float  # the purge stream's heartbeat: a silent ingest is left
     purge_retention_seconds: float
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)

@@ -1,7 +1,7 @@
 """Ingest's side of invalidation: the only writer of the log, and the stream edges follow.
 
 - `append` claims the next sequence number at the origin (see `origin.purgelog`) and puts
-  the record in memory, where every follower's pending long-poll gets it at once.
+  the record in memory, from where it is pushed down every follower's stream at once.
 - Followers (one per edge node) hold one stream each (`feed`): records are pushed down it
   as they land, and the follower sends back the cursor it has applied, so
   `wait_applied(seq)` can answer a purge or delete only once every connected edge has
@@ -76,7 +76,7 @@ class PurgeHub:
         self.last = 0  # the newest sequence number known, whether held in memory or not
         self.followers: dict[str, FollowerState] = {}
         self._write = asyncio.Lock()
-        # Replaced each time records arrive: every pending long-poll waits on this one.
+        # Replaced each time records arrive: every stream and pending long-poll waits on it.
         # Acks do not touch it (with 1,000 followers each ack waking every pending poll was
         # a million wake-ups per purge: scripts/bench/fanout.py).
         self._news = asyncio.Event()
@@ -261,8 +261,8 @@ class PurgeHub:
                     await self._news.wait()
 
     def close(self) -> None:
-        """Shutting down: pending long-polls answer now (their followers simply ask again,
-        elsewhere or later) instead of holding the drain for the whole wait."""
+        """Shutting down: streams close and pending long-polls answer now (their followers
+        simply ask again, elsewhere or later) instead of holding the drain."""
         self.closing = True
         self._notify()
 
@@ -317,7 +317,8 @@ class PurgeHub:
                 if f.connected(now) and (region is None or f.region == region)]
 
     def answer(self, records: list[Record], cursor: int) -> bytes:
-        """The encoded long-poll answer: followers at one cursor share it (encoding it
+        """The encoded answer (a stream message or a long-poll's body): followers at one
+        cursor share it (encoding it
         once per follower was most of a purge's cost at 1,000 followers)."""
         key = (cursor, self.last)
         body = self._answers.get(key)

@@ -156,8 +156,9 @@ MEANING: dict[str, str] = {
     "edge.origin_timeout": "Seconds a miss may wait for its upstream fetch (then 504).",
     "edge.purge_poll_seconds": "Only while ingest cannot be reached: how often an edge reads "
                                "new purge records from the origin's log instead.",
-    "edge.purge_follow_seconds": "How long one of an edge's long-polls to ingest's purge "
-                                 "stream waits for new records before asking again.",
+    "edge.purge_follow_seconds": "Heartbeat of an edge's purge stream to ingest: a ping this "
+                                 "often; no answer within half of it and the edge reconnects "
+                                 "(or reads the origin's log).",
     "edge.purge_retention_seconds": "Age after which the ingest compacts purge records; an "
                                     "edge that missed compacted records drops its whole "
                                     "cache on return.",

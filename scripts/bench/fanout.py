@@ -396,7 +396,7 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a follower process did not start")
-        time.sleep(2)  # every first long-poll is in
+        time.sleep(2)  # every stream is settled
         spy = None
         if profile:  # py-spy (pip install py-spy) samples ingest while it is purging
             spy = subprocess.Popen(["py-spy", "record", "-p", str(ing.pid), "-o",
