@@ -255,6 +255,7 @@ def _edge_settings(t: Table) -> tuple[EdgeSettings, Listener]:
         negative_ttl=t.number("negative_ttl", 10.0),
         origin_timeout=t.number("origin_timeout", 5.0, lo=0.05),
         purge_poll_seconds=t.number("purge_poll_seconds", 10.0, lo=0.05),
+        origin_probe_seconds=t.number("origin_probe_seconds", 60.0, lo=0.5),
         purge_follow_seconds=t.number("purge_follow_seconds", 20.0, lo=0.1),
         purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
         workers=t.integer("workers", 1, lo=1, hi=64),

@@ -137,6 +137,9 @@ class EdgeSettings:
     purge_poll_seconds: float  # polling the origin's log: only while ingest is unreachable
     purge_follow_seconds: float  # the purge stream's heartbeat: a silent ingest is left
     purge_retention_seconds: float
+    # While the origin answers: probe it only if nothing (a fill, a probe) proved it for this
+    # long. 1,000 idle edges probing every 5 s were 200 requests/s for nothing.
+    origin_probe_seconds: float
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
     cors_allow_origin: str  # "*" (default), one origin, or "" for no CORS headers

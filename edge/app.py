@@ -72,7 +72,8 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                 follower = Follower(cache, FollowerSettings(
                     node.name, node.region, cfg.ingest.listener.admin_url, cfg.secrets.admin_token,
                     cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
-                    cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
+                    cfg.edge.origin_timeout, cfg.edge.origin_probe_seconds),
+                    node.cache_dir / "purge.cursor", session, run)
                 app[FOLLOWER] = follower
                 # What a previous run last saw of the origin says nothing now.
                 await follower.probe_origin()

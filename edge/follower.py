@@ -48,6 +48,7 @@ class FollowerSettings:
     follow_seconds: float  # the stream's heartbeat: a silent ingest is left after 1.5x
     fallback_seconds: float  # origin polling while ingest is away
     timeout: float  # one request to ingest or the origin
+    probe_seconds: float  # the origin, while it answers: only if nothing proved it this long
 
 
 class Follower:
@@ -294,8 +295,13 @@ class Follower:
         self.cache.journal.set_origin_state(state, int(time.time()))
 
     async def probe_origin_forever(self) -> None:
+        """Every few seconds while the origin is down (to see it come back); while it
+        answers, only when neither real traffic nor a probe proved it for probe_seconds."""
         while True:
             await asyncio.sleep(ORIGIN_PROBE_SECONDS)
+            state, at = self.cache.journal.origin_state()
+            if state == ORIGIN_OK and time.time() - at < self.s.probe_seconds:
+                continue
             await self.probe_origin()
 
 

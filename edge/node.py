@@ -192,8 +192,9 @@ class EdgeCache:
         return entry, False
 
     def _origin_seen(self, state: int) -> None:
-        if self.journal.origin_state()[0] != state:
-            self.journal.set_origin_state(state, int(time.time()))
+        # Each time (two words of shared memory): a fill that proves the origin spares the
+        # follower its probe.
+        self.journal.set_origin_state(state, int(time.time()))
 
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])

@@ -156,6 +156,9 @@ MEANING: dict[str, str] = {
     "edge.origin_timeout": "Seconds a miss may wait for its upstream fetch (then 504).",
     "edge.purge_poll_seconds": "Only while ingest cannot be reached: how often an edge reads "
                                "new purge records from the origin's log instead.",
+    "edge.origin_probe_seconds": "Readiness: while the origin answers, an edge probes it "
+                                 "(one HEAD bucket) only if no fill or probe proved it for "
+                                 "this long; once it fails, every 5 s until it answers.",
     "edge.purge_follow_seconds": "Heartbeat of an edge's purge stream to ingest: a ping this "
                                  "often; no answer within half of it and the edge reconnects "
                                  "(or reads the origin's log).",

@@ -346,7 +346,10 @@ async def test_readiness_costs_no_origin_request(net: Net) -> None:
     assert sum(net.proxy.counts.values()) - before <= 2
     await net.proxy.stop()
     t0 = time.monotonic()
-    while True:  # the origin went away: not ready, but still serving media
+    # The origin went away; a client's miss finds out at once (an idle edge's probe only
+    # every edge.origin_probe_seconds): not ready, but still serving media.
+    assert (await net.get(net.url("e1") + f"/i/{'0' * 64}/w320.webp"))[0] in (502, 503, 504)
+    while True:
         async with net.http.get(net.url("e1") + "/readyz") as r:
             body = await r.json()
             if r.status == 503:
@@ -515,3 +518,19 @@ async def test_a_follower_that_stops_reading_holds_back_no_other(net: Net) -> No
                for status, edges in answers), answers
     writer.close()
     await live.close()
+
+
+async def test_an_idle_edge_whose_origin_answers_does_not_probe_it_every_few_seconds(
+        net: Net) -> None:
+    # 1,000 idle edges probing every 5 s were 200 origin requests/s for nothing: while the
+    # origin answers, an edge probes only when nothing proved it for origin_probe_seconds.
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    await asyncio.sleep(1.0)
+    before = dict(net.proxy.counts)
+    await asyncio.sleep(11)  # two probes' worth at the old 5 s
+    edge_calls = {k: v - before.get(k, 0) for k, v in net.proxy.counts.items()
+                  if v - before.get(k, 0) and k[0] == "HEAD" and k[1].strip("/").count("/") == 0}
+    # Ingest's own log poll HEADs a purge record key, never the bare bucket.
+    assert edge_calls == {}, edge_calls
