@@ -7,6 +7,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from config.schema import (
@@ -174,9 +175,21 @@ def _ingest(t: Table) -> IngestConfig:
         purge_ack_seconds=t.number("purge_ack_seconds", 5.0, lo=0.0),
         log_poll_seconds=t.number("log_poll_seconds", 1.0, lo=0.05),
         origin_deadline_seconds=t.number("origin_deadline_seconds", 10.0, lo=0.1),
+        peers=_peers(t, listener),
     )
     t.done()
     return cfg
+
+
+def _peers(t: Table, listener: Listener) -> tuple[str, ...]:
+    scheme = listener.admin_url.split("://", 1)[0]
+    peers = tuple(u.rstrip("/") for u in t.texts("peers", []))
+    for url in peers:
+        parts = urlsplit(url)
+        if parts.scheme != scheme or not parts.hostname or parts.path:
+            raise ConfigError(t.key("peers"), f"{url!r}: each is a replica's admin URL, "
+                              f"{scheme}://HOST:PORT")
+    return peers
 
 
 def _variant(t: Table) -> Variant:

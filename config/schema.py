@@ -122,6 +122,9 @@ class IngestConfig:
     log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
     origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
     listener: Listener = field(default_factory=Listener)
+    # Every ingest replica's admin URL (a name resolving to several addresses: each one): a
+    # purge answered by one replica waits for the edges following the others too.
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

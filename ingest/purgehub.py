@@ -329,10 +329,13 @@ class PurgeHub:
                 self._answers[key] = body
         return body
 
-    async def wait_applied(self, rec: Record, limit: float) -> dict[str, bool]:
-        """Wait until every connected follower the record applies to has acknowledged it,
-        at most `limit` s. {node: applied}. Just after a start, configured edges that have
-        not reconnected yet are waited for too (they are not gone, we just restarted)."""
+    async def wait_applied(self, seq: int, region: str | None, limit: float,
+                           expect: bool = True) -> dict[str, bool]:
+        """Wait until every connected follower record `seq` (for `region`) applies to has
+        acknowledged it, at most `limit` s. {node: applied}. With `expect`, just after a
+        start, configured edges that have not reconnected yet are waited for too (they are
+        not gone, we just restarted); replicas asking each other leave that to the asker."""
+        rec = _Target(seq, region, expect)
         deadline = time.monotonic() + limit
         waiter = _Waiter(rec.seq, self._pending(rec))
         self._waiters.append(waiter)
@@ -353,16 +356,29 @@ class PurgeHub:
             self._waiters.remove(waiter)
         return self._status(rec)
 
-    def _status(self, rec: Record) -> dict[str, bool]:
+    def _status(self, rec: _Target) -> dict[str, bool]:
         status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
-        if time.monotonic() < self.warm_at:
-            for name, region in self.expected.items():
-                if rec.region in (None, region):
-                    status.setdefault(name, False)
+        if rec.expect:
+            for name in self.expected_now(rec.region):
+                status.setdefault(name, False)
         return status
 
-    def _pending(self, rec: Record) -> set[str]:
+    def expected_now(self, region: str | None) -> list[str]:
+        """Configured edges of `region` (None: all) still expected to reconnect after our
+        start."""
+        if time.monotonic() >= self.warm_at:
+            return []
+        return [name for name, r in self.expected.items() if region in (None, r)]
+
+    def _pending(self, rec: _Target) -> set[str]:
         return {name for name, ok in self._status(rec).items() if not ok}
+
+
+@dataclass(frozen=True)
+class _Target:
+    seq: int
+    region: str | None
+    expect: bool
 
 
 @dataclass

@@ -5,6 +5,8 @@
     GET    /v1/purges/{seq}        admin: which connected edges have applied record seq
     GET    /_internal/purges       admin: ?after=N&node=&region=&wait=S  (catch-up pages,
                                    long-poll for simple clients; after=-1: the newest number)
+    GET    /_internal/purges/{seq}/applied  admin: ?region=&wait=S&from=INSTANCE (another
+                                   replica asks which of our edges applied seq)
     GET    /_internal/purges/stream  admin, WebSocket: ?after=N&node=&region= (edges follow
                                    it: records pushed as they land; the edge sends back
                                    the cursor it has applied, its acknowledgement)
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -36,7 +39,8 @@ from common.problem import Handler
 from common.purgebody import read_purge_body
 from config.schema import Config
 from ingest.derive import manifest_lock
-from ingest.keys import CONFIG, HUB, ORIGIN
+from ingest.keys import CONFIG, HUB, ORIGIN, PEERS
+from ingest.peers import INSTANCE
 from ingest.purgehub import Gone, PurgeHub
 from ingest.store import (
     DamagedManifest,
@@ -59,6 +63,7 @@ def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> Non
     app.router.add_get("/v1/purges/{seq}", status)
     app.router.add_get("/_internal/purges", admin(follow))
     app.router.add_get("/_internal/purges/stream", admin(stream))
+    app.router.add_get("/_internal/purges/{seq}/applied", admin(applied_here))
 
 
 def _admin(request: web.Request) -> Config:
@@ -93,6 +98,28 @@ def _edges(hub: PurgeHub, status: dict[str, bool], region: str | None) -> dict[s
             for name, ok in sorted(status.items())}
 
 
+async def _wait_applied(request: web.Request, rec: Record) -> dict[str, str]:
+    """Every edge the record applies to, as applied / pending / absent, once all have
+    applied it or `ingest.purge_ack_seconds` passed: ours, and with `ingest.peers` those of
+    every other replica (asked at once, under the same deadline)."""
+    hub, limit = request.app[HUB], request.app[CONFIG].ingest.purge_ack_seconds
+    peers = request.app.get(PEERS)
+    if peers is None:
+        return _edges(hub, await hub.wait_applied(rec.seq, rec.region, limit), rec.region)
+    # Each replica reports only the edges connected to it; one that has not come back
+    # anywhere since our start is named absent here, not waited for by every replica.
+    ours, theirs = await asyncio.gather(
+        hub.wait_applied(rec.seq, rec.region, limit, expect=False),
+        peers.applied(rec.seq, rec.region, limit))
+    edges: dict[str, str] = {}
+    for status in (ours, theirs):
+        for name, ok in status.items():
+            edges[name] = "applied" if ok or edges.get(name) == "applied" else "pending"
+    for name in hub.expected_now(rec.region):
+        edges.setdefault(name, "absent")
+    return dict(sorted(edges.items()))
+
+
 async def purge(request: web.Request) -> web.Response:
     cfg = _admin(request)
     body = await read_purge_body(request)
@@ -103,18 +130,19 @@ async def purge(request: web.Request) -> web.Response:
     ids, purge_all = body.ids, body.all
     hub = _hub(request)
     rec = await _record(hub, "purge", ids, purge_all, region)
-    status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)
+    edges = await _wait_applied(request, rec)
+    pending = [n for n, s in edges.items() if s != "applied"]
     log.info("purge %d recorded: %s", rec.seq, "all" if purge_all else f"{len(ids)} id(s)",
-             extra={"seq": rec.seq, "pending": [n for n, ok in status.items() if not ok]})
+             extra={"seq": rec.seq, "pending": pending})
     # 200: applied by every edge it waited for; 202: recorded, some edges still to apply it
     # (named; they do before they serve again).
     return web.json_response({"seq": rec.seq, "purged": "all" if purge_all else len(ids),
-                              "region": region, "edges": _edges(hub, status, region)},
-                             status=200 if all(status.values()) else 202)
+                              "region": region, "edges": edges},
+                             status=202 if pending else 200)
 
 
 async def delete(request: web.Request) -> web.Response:
-    cfg = _admin(request)
+    _admin(request)
     image_id = request.match_info["id"]
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
@@ -137,8 +165,7 @@ async def delete(request: web.Request) -> web.Response:
     await delete_objects(origin, image_id)
     rec = await _record(hub, "delete", [image_id], False, None)
     await delete_manifest(origin, image_id)
-    status = await hub.wait_applied(rec, cfg.ingest.purge_ack_seconds)
-    pending = [n for n, ok in status.items() if not ok]
+    pending = [n for n, s in (await _wait_applied(request, rec)).items() if s != "applied"]
     if pending:
         log.warning("delete %s: edges %s had not applied record %d in time; they will",
                     image_id, ", ".join(pending), rec.seq)
@@ -153,7 +180,12 @@ async def status(request: web.Request) -> web.Response:
         raise NotFound(f"no purge record {seq[:32]}")
     region = request.query.get("region") or None
     edges = {f.name: f.acked >= int(seq) for f in hub.connected(region)}
-    return web.json_response({"seq": int(seq), "edges": _edges(hub, edges, region)})
+    peers = request.app.get(PEERS)
+    if peers is not None:  # and those following the other replicas, as they are now
+        for name, ok in (await peers.applied(int(seq), region, 0)).items():
+            edges[name] = edges.get(name, False) or ok
+    shown = {name: "applied" if ok else "pending" for name, ok in sorted(edges.items())}
+    return web.json_response({"seq": int(seq), "edges": shown})
 
 
 async def follow(request: web.Request) -> web.Response:
@@ -182,6 +214,35 @@ async def follow(request: web.Request) -> web.Response:
     return web.Response(body=hub.answer(records, after), content_type="application/json")
 
 
+async def applied_here(request: web.Request) -> web.Response:
+    """Another replica recorded `seq`: which of the edges following us have applied it,
+    waiting up to `wait` s (learning the record from the origin first if needed)."""
+    _admin(request)
+    q = request.query
+    seq_text = request.match_info["seq"]
+    try:
+        wait = min(MAX_WAIT_SECONDS, max(0.0, float(q.get("wait", "0"))))
+    except ValueError:
+        raise BadRequest("'wait' must be a number of seconds") from None
+    if not seq_text.isdigit() or int(seq_text) < 1:
+        raise BadRequest("the record number is a positive integer")
+    hub = _hub(request)
+    if q.get("from") == INSTANCE:  # a name resolving to every replica includes the asker
+        return web.json_response({"instance": INSTANCE, "edges": {}})
+    seq, deadline = int(seq_text), time.monotonic() + wait
+    while seq > hub.last and time.monotonic() < deadline:  # written by the asker just now
+        try:
+            await hub.refresh()
+        except (OriginUnavailable, OriginTimeout) as exc:
+            raise unavailable(exc) from exc
+        if seq > hub.last:
+            await asyncio.sleep(PEER_REFRESH_SECONDS)
+    status = await hub.wait_applied(seq, q.get("region") or None,
+                                    max(0.0, deadline - time.monotonic()), expect=False)
+    return web.json_response({"instance": INSTANCE, "edges": status})
+
+
+PEER_REFRESH_SECONDS = 0.1
 STREAM_HEARTBEAT_SECONDS = 30.0  # a follower gone silent (a partition) is dropped in ~45 s
 GONE = 4410  # close code: the records after the cursor are no longer in memory (read the origin)
 

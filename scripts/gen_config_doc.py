@@ -177,6 +177,10 @@ MEANING: dict[str, str] = {
     "ingest.purge_ack_seconds": "How long a purge or delete waits for every connected edge "
                                 "to apply it before answering (the answer names the ones "
                                 "that had not).",
+    "ingest.peers": "Every ingest replica's admin URL (its own may be listed; a host name "
+                    "resolving to several addresses, such as a Kubernetes headless Service, "
+                    "counts as each). A purge or delete answered by one replica then waits "
+                    "for the edges following the others too.",
     "ingest.log_poll_seconds": "How often ingest re-reads the purge log at the origin, for "
                                "records other ingest replicas wrote.",
     "ingest.origin_deadline_seconds": "Each step of an upload that talks to the origin "

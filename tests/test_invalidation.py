@@ -534,3 +534,50 @@ async def test_an_idle_edge_whose_origin_answers_does_not_probe_it_every_few_sec
                   if v - before.get(k, 0) and k[0] == "HEAD" and k[1].strip("/").count("/") == 0}
     # Ingest's own log poll HEADs a purge record key, never the bare bucket.
     assert edge_calls == {}, edge_calls
+
+
+async def test_a_purge_answered_by_one_ingest_replica_waits_for_edges_on_the_others(
+        net: Net) -> None:
+    # Two ingest replicas behind one name (the Kubernetes manifests run 2-10): e1 follows
+    # replica A; the purge reaches replica B. B must not answer "applied" while e1, which B
+    # does not hold, still serves the old copy.
+    net.write()
+    text = net.config.read_text()
+    b_port = free_port()
+    peers = (f'peers = ["http://127.0.0.1:{net.ports["ingest"]}", '
+             f'"http://localhost:{b_port}"]\n')
+    text = text.replace("[ingest]\n", "[ingest]\n" + peers).replace(
+        "log_poll_seconds = 0.2", "log_poll_seconds = 2")  # B's records reach A slowly
+    net.config.write_text(text)
+    b_config = net.tmp / "replica-b.toml"
+    b_config.write_text(text.replace(f"port = {net.ports['ingest']}\n", f"port = {b_port}\n", 1))
+    await net.start_ingest()
+    replica_b = await Service(["ingest", "--config", str(b_config)], net.env).start()
+    try:
+        await net.start_edge("e1")
+        m = await net.upload(images.jpeg(images.photo(700, 400)))
+        path = paths_of(m)[0]
+        await warm(net, "e1", [path])
+        await asyncio.sleep(1.2)  # a refill after the purge shows a smaller Age
+        for _ in range(3):
+            t0 = time.monotonic()
+            async with net.http.post(replica_b.url + "/v1/purges", json={"ids": [m["id"]]},
+                                     headers=ADMIN) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["edges"] == {"e1": "applied"}
+            status, cache, age = await net.get(net.url("e1") + path)
+            assert status == 200 and (cache != "HIT" or age < time.monotonic() - t0 + 1), (
+                f"old copy served after the purge was answered: {cache}, Age {age}")
+            await warm(net, "e1", [path])
+            await asyncio.sleep(1.2)
+        # A replica that does not answer is left out (its edges read the log on their own);
+        # B still answers within purge_ack_seconds.
+        assert net.ingest is not None
+        await net.ingest.stop()
+        t0 = time.monotonic()
+        async with net.http.post(replica_b.url + "/v1/purges", json={"ids": [m["id"]]},
+                                 headers=ADMIN) as r:
+            assert r.status in (200, 202), await r.text()
+        assert time.monotonic() - t0 < 5 + 3
+    finally:
+        await replica_b.stop()
