@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.access import access_log
+from common.auth import KEYRING, KeyRing
 from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
@@ -51,6 +52,7 @@ def create_app(cfg: Config) -> web.Application:
                                        problem_middleware],
                           client_max_size=cfg.ingest.max_bytes)
     app[CONFIG] = cfg
+    app[KEYRING] = KeyRing(cfg.secrets)  # swapped whole on SIGHUP (common/serve.py)
     registry = CollectorRegistry()
     app[METRICS] = _metrics(registry)
 

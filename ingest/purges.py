@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from common.auth import require_bearer
+from common.auth import require
 from common.errors import (
     BadRequest,
     NotFound,
@@ -56,11 +56,8 @@ def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> Non
 
 
 def _admin(request: web.Request) -> Config:
-    cfg = request.app[CONFIG]
-    if cfg.secrets.admin_token is None:
-        raise ServiceUnavailable("no admin token configured")
-    require_bearer(request, cfg.secrets.admin_token, "admin token")
-    return cfg
+    require(request, "admin_tokens", "admin token")
+    return request.app[CONFIG]
 
 
 def _hub(request: web.Request) -> PurgeHub:
