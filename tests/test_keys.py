@@ -184,21 +184,16 @@ async def test_api_key_revoked_by_sighup_gets_401_others_and_uploads_in_flight_g
         async with http.post(ingest.url + "/v1/images", data=photo, headers=bearer(KEY_B)) as r:
             assert r.status == 201
 
-        gate = asyncio.Event()
-
-        async def slow_body() -> AsyncIterator[bytes]:
-            yield other[:1000]
-            await gate.wait()
-            yield other[1000:]
-
-        async def upload_with_a() -> int:
-            async with http.post(ingest.url + "/v1/images", data=slow_body(),
-                                 headers=bearer(KEY_A)) as r:
-                await r.read()
-                return r.status
-
-        in_flight = asyncio.create_task(upload_with_a())
-        await asyncio.sleep(0.5)  # its headers (and key) are in; its body waits on the gate
+        # An upload with A whose key check is done (ingest answers 100 Continue once its
+        # handler runs, the key checked first) and whose body is still to come.
+        host, port = ingest.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write((f"POST /v1/images HTTP/1.1\r\nHost: {host}\r\n"
+                      f"Authorization: Bearer {KEY_A}\r\nContent-Type: image/jpeg\r\n"
+                      f"Content-Length: {len(other)}\r\nExpect: 100-continue\r\n\r\n"
+                      ).encode() + other[:1000])
+        async with asyncio.timeout(10):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
         rewrite(path, tmp_path, a=False)
         ingest.hup()
 
@@ -206,9 +201,11 @@ async def test_api_key_revoked_by_sighup_gets_401_others_and_uploads_in_flight_g
             return await status_of(http, "HEAD", head, bearer(KEY_A)) == 401
         await until(a_refused)
         assert await status_of(http, "HEAD", head, bearer(KEY_B)) == 404
-        gate.set()
+        writer.write(other[1000:])  # the rest of the body, after the reload
         async with asyncio.timeout(30):
-            assert await in_flight == 201, "an upload started with A before the reload"
+            status = await reader.readuntil(b"\r\n")
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 201"), "an upload started with A before the reload"
         async with http.post(ingest.url + "/v1/images", data=photo, headers=bearer(KEY_A)) as r:
             assert r.status == 401
     log = ingest.log.read_text()
