@@ -287,6 +287,44 @@ async def test_a_revoked_signing_key_gets_403_at_the_edge_and_the_router(
     assert_no_secret_in(edge.log, router.log)
 
 
+async def test_up_passes_sighup_on_to_every_service(tmp_path: Path) -> None:
+    path, _ = make(tmp_path)
+    log = tmp_path / "up.log"
+    proc = await asyncio.create_subprocess_exec(
+        *MEDIACDN, "up", "--config", str(path), env=key_env(), cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=log.open("wb"))
+    assert proc.stdout is not None
+    urls: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(60):
+            while len(urls) < 6:  # ingest, 4 edges, the router
+                _, name, url = (await proc.stdout.readline()).decode().split()
+                urls[name] = url
+        rewrite(path, tmp_path, a=False)
+        proc.send_signal(signal.SIGHUP)
+        head = urls["ingest"] + f"/v1/images/{UNKNOWN}"
+        async with aiohttp.ClientSession() as http:
+            async def a_refused() -> bool:
+                return await status_of(http, "HEAD", head, bearer(KEY_A)) == 401
+            await until(a_refused)
+
+        def reloaded() -> set[str]:
+            return {ln.split('"service": "')[1].split('"')[0]
+                    for ln in log.read_text().splitlines() if "keys reloaded" in ln}
+
+        async def all_reloaded() -> bool:
+            return len(reloaded()) == 6
+        await until(all_reloaded)
+        assert reloaded() == {"ingest", "router", "edge/eu-west-a", "edge/eu-west-b",
+                              "edge/us-east-a", "edge/ap-south-a"}
+        assert proc.returncode is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await proc.wait()
+    assert_no_secret_in(log)
+
+
 async def test_a_bad_reload_is_logged_once_and_keeps_the_previous_keys(tmp_path: Path) -> None:
     path, _ = make(tmp_path)
     async with services(path, "ingest") as running, aiohttp.ClientSession() as http:
