@@ -50,6 +50,9 @@ class KeyRing:
         except TimeoutError:
             log.error("key reload took over %g s, keeping the previous keys", RELOAD_SECONDS)
             return False
+        except Exception:  # a bug must not cost the service its keys either
+            log.exception("key reload failed, keeping the previous keys")
+            return False
         self.secrets = secrets
         log.info("keys reloaded: %s", describe(secrets), extra={
             kind: [k.name for k in secrets.usable(kind)] for kind in KEY_KINDS})
