@@ -32,15 +32,67 @@ class Listener:
 PLAIN = Listener()  # plain HTTP, no admin listener, no trusted proxies
 
 
+KeyKind = Literal["api_keys", "admin_tokens", "signing_keys"]
+KEY_KINDS: tuple[KeyKind, ...] = ("api_keys", "admin_tokens", "signing_keys")
+
+
+@dataclass(frozen=True)
+class NamedKey:
+    """One secret by name: logs and errors say `name` and `source`, never `value`."""
+
+    name: str
+    source: str  # "env MEDIACDN_API_KEY" or "file /run/secrets/api-key"
+    config_key: str  # where it is configured: "secrets.api_keys[0]", "secrets.api_key_env"
+    value: str | None = field(default=None, repr=False)  # None: see `problem`
+    enabled: bool = True  # false: revoked (refused; its value is not even needed)
+    problem: str = ""  # why there is no value: "is not set", "cannot be read: ..."
+    env: str | None = None  # the environment variable, when it comes from one
+    required: bool = True  # False: legacy signing_key_envs, unset means "not in use"
+
+    @property
+    def usable(self) -> bool:
+        return self.enabled and self.value is not None
+
+
 @dataclass(frozen=True)
 class Secrets:
-    api_key_env: str
-    admin_token_env: str
-    api_key: str | None
-    admin_token: str | None
-    # Signed transforms: every key named is valid at once (rotation); none set: refused.
-    signing_key_envs: tuple[str, ...] = ("MEDIACDN_SIGNING_KEY",)
-    signing_keys: tuple[str, ...] = ()
+    """Every named key of each kind, in config order. A service checks against all usable
+    ones; mediacdn's own clients (edge to ingest, the CLI) send the first usable one."""
+
+    api_keys: tuple[NamedKey, ...] = ()
+    admin_tokens: tuple[NamedKey, ...] = ()
+    signing_keys: tuple[NamedKey, ...] = ()
+
+    def of(self, kind: KeyKind) -> tuple[NamedKey, ...]:
+        keys: tuple[NamedKey, ...] = getattr(self, kind)
+        return keys
+
+    def usable(self, kind: KeyKind) -> tuple[NamedKey, ...]:
+        return tuple(k for k in self.of(kind) if k.usable)
+
+    def first(self, kind: KeyKind) -> NamedKey | None:
+        return next(iter(self.usable(kind)), None)
+
+    @property
+    def api_key(self) -> str | None:
+        k = self.first("api_keys")
+        return k.value if k else None
+
+    @property
+    def admin_token(self) -> str | None:
+        k = self.first("admin_tokens")
+        return k.value if k else None
+
+    @property
+    def signing_values(self) -> tuple[str, ...]:
+        return tuple(k.value for k in self.usable("signing_keys") if k.value is not None)
+
+    def unset_hint(self, kind: KeyKind) -> str:
+        """What to set when no key of `kind` is usable, e.g. "MEDIACDN_ADMIN_TOKEN"."""
+        enabled = [k for k in self.of(kind) if k.enabled]
+        if not enabled:
+            return f"an enabled key in secrets.{kind}"
+        return ", ".join(k.env or f"{k.config_key} ({k.source})" for k in enabled)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from common.auth import KeyRing
 from common.errors import MediaCDNError
 from edge.journal import ORIGIN_DOWN, ORIGIN_OK
 from edge.node import EdgeCache
@@ -44,7 +45,7 @@ class FollowerSettings:
     node: str
     region: str
     hub_url: str  # ingest
-    token: str | None  # the admin token ingest asks for
+    keys: KeyRing  # the first usable admin token is what ingest asks for (read per request)
     follow_seconds: float  # the stream's heartbeat: a silent ingest is left after 1.5x
     fallback_seconds: float  # origin polling while ingest is away
     timeout: float  # one request to ingest or the origin
@@ -64,6 +65,7 @@ class Follower:
         self.hub_last = 0  # the newest record ingest has told us about
         self.via = "none"
         self._next_origin_read = 0.0
+        self._refused_key = ""
 
     # -- the cursor on disk ------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -131,17 +133,33 @@ class Follower:
         """A page of records after the cursor from ingest, without waiting.
         Raises on any failure (the caller then reads the origin)."""
         params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
-        headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
+        headers = self._auth()
         timeout = aiohttp.ClientTimeout(total=self.s.timeout)
         async with self.session.get(f"{self.s.hub_url}/_internal/purges", params=params,
                                     headers=headers, timeout=timeout) as r:
             if r.status == 410:  # ingest no longer holds that range in memory
                 return await self.from_origin()
+            if r.status == 401:
+                self._refused()
             if r.status != 200:
                 raise OSError(f"ingest answered {r.status}")
+            self._refused_key = ""
             body: dict[str, Any] = await r.json()
         batch = self._checked(body)
         return await self.from_origin() if batch is None else batch
+
+    def _auth(self) -> dict[str, str]:
+        # Read at each request: after a reload (SIGHUP) the next poll sends the new token.
+        token = self.s.keys.admin_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _refused(self) -> None:
+        name = self.s.keys.admin_token_name()
+        if name != self._refused_key:  # once per key, not once per retry
+            self._refused_key = name
+            log.warning("ingest refused this edge's admin token %s (revoked?): following "
+                        "the origin's log until a reload (SIGHUP) brings one it accepts",
+                        name, extra={"key": name})
 
     async def from_origin(self) -> Batch:
         # Small batches, each under its own deadline: a slow origin still makes progress
@@ -193,11 +211,17 @@ class Follower:
         """Apply what the stream pushes, acknowledging each message once it is applied.
         Returns True when ingest no longer holds the records we lack (read the origin)."""
         params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
-        headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
-        async with self.session.ws_connect(
-                f"{self.s.hub_url}/_internal/purges/stream", params=params, headers=headers,
-                heartbeat=self.s.follow_seconds, max_msg_size=0, autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout)) as ws:
+        try:
+            ws = await self.session.ws_connect(
+                f"{self.s.hub_url}/_internal/purges/stream", params=params,
+                headers=self._auth(), heartbeat=self.s.follow_seconds, max_msg_size=0,
+                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout))
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                self._refused()
+            raise
+        self._refused_key = ""
+        async with ws:
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.BINARY:
                     break
@@ -227,7 +251,7 @@ class Follower:
     async def _last_known(self) -> int:
         """The newest record's number: from ingest (`after=-1` asks only that), else the
         origin."""
-        headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
+        headers = self._auth()
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
             async with self.session.get(
                     f"{self.s.hub_url}/_internal/purges", headers=headers,

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.access import access_log
+from common.auth import KEYRING, KeyRing
 from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
@@ -54,6 +55,7 @@ def create_app(cfg: Config) -> web.Application:
                                        problem_middleware],
                           client_max_size=cfg.ingest.max_bytes)
     app[CONFIG] = cfg
+    app[KEYRING] = KeyRing(cfg.secrets)  # swapped whole on SIGHUP (common/serve.py)
     registry = CollectorRegistry()
     app[METRICS] = _metrics(registry)
 
@@ -101,7 +103,7 @@ def create_app(cfg: Config) -> web.Application:
             if cfg.ingest.peers:
                 session = await stack.enter_async_context(aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(ssl=client_context(cfg.tls_ca))))
-                app[PEERS] = Peers(cfg.ingest.peers, cfg.secrets.admin_token, session)
+                app[PEERS] = Peers(cfg.ingest.peers, app[KEYRING].admin_token, session)
             yield
             for t in tasks:
                 t.cancel()

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,8 +27,10 @@ ANSWER_SLACK_SECONDS = 2.0  # a peer's answer may take its wait plus this, then 
 
 
 class Peers:
-    def __init__(self, urls: tuple[str, ...], token: str | None,
+    def __init__(self, urls: tuple[str, ...], token: Callable[[], str | None],
                  session: aiohttp.ClientSession) -> None:
+        """`token`: the admin token to send, read at each question (keys reload on
+        SIGHUP)."""
         self.urls = urls
         self.token = token
         self.session = session
@@ -77,8 +80,9 @@ class Peers:
             params["region"] = region
         host = urlsplit(f"//{netloc}").hostname or netloc
         headers = {"Host": netloc}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        token = self.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         async with self.session.get(
                 f"{base}/_internal/purges/{seq}/applied", params=params, headers=headers,
                 server_hostname=host if base.startswith("https") else None,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from common.auth import require_bearer
+from common.auth import KEY_USED, KEYRING, require
 from common.errors import (
     BadRequest,
     NotFound,
@@ -67,11 +67,8 @@ def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> Non
 
 
 def _admin(request: web.Request) -> Config:
-    cfg = request.app[CONFIG]
-    if cfg.secrets.admin_token is None:
-        raise ServiceUnavailable("no admin token configured")
-    require_bearer(request, cfg.secrets.admin_token, "admin token")
-    return cfg
+    require(request, "admin_tokens", "admin token")
+    return request.app[CONFIG]
 
 
 def _hub(request: web.Request) -> PurgeHub:
@@ -260,12 +257,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if after < 0 or not node:
         raise BadRequest("a stream needs 'after' >= 0 and a 'node' name")
     hub = _hub(request)
+    still_valid = _still_valid(request)
     ws = web.WebSocketResponse(heartbeat=STREAM_HEARTBEAT_SECONDS, compress=False,
                                max_msg_size=1024)
     await ws.prepare(request)
     transport = request.transport
     hub.ack(node, region, after, transport)
-    feeding = asyncio.create_task(_feed(hub, node, after, ws))
+    feeding = asyncio.create_task(_feed(hub, node, after, ws, still_valid))
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT or not msg.data.isdigit():
@@ -280,11 +278,42 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _feed(hub: PurgeHub, node: str, after: int, ws: web.WebSocketResponse) -> None:
+def _still_valid(request: web.Request) -> Callable[[], bool]:
+    """Whether the admin token this stream opened with is still usable: checked before each
+    record is sent, so no record reaches a token revoked since (SIGHUP)."""
+    keyring, name = request.app[KEYRING], request[KEY_USED]
+    seen: list[object] = [keyring.secrets]
+    presented = next(k.value for k in keyring.secrets.usable("admin_tokens") if k.name == name)
+    ok = [True]
+
+    def check() -> bool:
+        if keyring.secrets is not seen[0]:  # a reload since the last check
+            seen[0] = keyring.secrets
+            ok[0] = any(k.name == name and k.value == presented
+                        for k in keyring.secrets.usable("admin_tokens"))
+        return ok[0]
+
+    return check
+
+
+class _Revoked(Exception):
+    pass
+
+
+async def _feed(hub: PurgeHub, node: str, after: int, ws: web.WebSocketResponse,
+                allowed: Callable[[], bool]) -> None:
+    async def send(data: bytes) -> None:
+        if not allowed():  # the token the stream opened with was revoked (SIGHUP) since
+            raise _Revoked
+        await ws.send_bytes(data)
+
     try:
-        await hub.feed(node, after, ws.send_bytes)
+        await hub.feed(node, after, send)
     except Gone as exc:
         await ws.close(code=GONE, message=str(exc).encode()[:120])
+        return
+    except _Revoked:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"admin token revoked")
         return
     except ConnectionError:  # the follower went away; the reader sees it too
         return
