@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
 from collections.abc import Callable
 
 import uvloop
@@ -23,6 +25,17 @@ KEYS: dict[str, tuple[tuple[KeyKind, ...], tuple[KeyKind, ...]]] = {
 }
 
 
+def follow_supervisor() -> None:
+    """Started by `mediacdn up` or a multi-worker edge: SIGTERM (drain, exit) when that
+    supervisor dies, even by `kill -9`, instead of holding the ports as an orphan."""
+    from scripts.supervisor import SUPERVISOR_ENV
+    from transcode.orphan import exit_with_parent
+
+    parent = os.environ.get(SUPERVISOR_ENV, "")
+    if parent.isdigit():
+        exit_with_parent(int(parent), signal.SIGTERM)
+
+
 def load(args: argparse.Namespace, service: str) -> Config:
     """The config, refused (exit 2) when a key the service uses has no value. The same
     check runs again on every SIGHUP (`reloader`)."""
@@ -37,6 +50,7 @@ def reloader(args: argparse.Namespace, service: str) -> Callable[[], Secrets]:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    follow_supervisor()
     cfg = load(args, "ingest")
     from ingest.app import create_app
 
@@ -48,6 +62,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_edge(args: argparse.Namespace) -> int:
+    follow_supervisor()
     cfg = load(args, "edge")
     node = cfg.edge_node(args.node)
     if node is None:
@@ -78,6 +93,7 @@ def run_edge(args: argparse.Namespace) -> int:
 
 
 def run_router(args: argparse.Namespace) -> int:
+    follow_supervisor()
     cfg = load(args, "router")
     from edge.router.app import create_app
 

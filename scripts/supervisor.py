@@ -24,6 +24,7 @@ from config import Config, load_config
 from scripts.cli import UsageError, environ
 
 DRAIN_SECONDS = 15.0
+SUPERVISOR_ENV = "MEDIACDN_SUPERVISOR_PID"  # a child started by us ends when we do
 MAX_BACKOFF = 10.0
 
 
@@ -115,9 +116,11 @@ class Supervisor:
         backoff = 0.5
         while not self.stopping:
             started = time.monotonic()
+            # Own session (a terminal's Ctrl-C reaches us only, and we drain them in
+            # order); SUPERVISOR_ENV: they drain and exit if we are killed outright.
             proc = await asyncio.create_subprocess_exec(
-                *child.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stdin=None,
-                start_new_session=True)
+                *child.argv, env={**self.env, SUPERVISOR_ENV: str(os.getpid())},
+                stdout=asyncio.subprocess.PIPE, stdin=None, start_new_session=True)
             child.proc = proc
             pump = asyncio.create_task(self._pump(child, proc))
             code = await proc.wait()
