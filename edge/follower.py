@@ -45,6 +45,14 @@ class FollowerSettings:
     fallback_seconds: float  # origin polling while ingest is away
     timeout: float  # one request to ingest or the origin
 
+    @property
+    def lease_seconds(self) -> float:
+        """A follower with a feed hears from it at least this often: a long-poll answer,
+        or (ingest away) a read of the origin's log after a failed try of ingest. Past it,
+        the node has no way to learn of a purge or a delete."""
+        return max(self.follow_seconds, self.fallback_seconds + HUB_RETRY_SECONDS) \
+            + 2 * self.timeout
+
 
 class Follower:
     def __init__(self, cache: EdgeCache, settings: FollowerSettings, cursor_file: Path,
@@ -59,6 +67,7 @@ class Follower:
         self.hub_last = 0  # the newest record ingest has told us about
         self.via = "none"
         self._next_origin_read = 0.0
+        self.heard_at = time.monotonic()  # the last read of the feed, applied
 
     # -- the cursor on disk ------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -175,7 +184,10 @@ class Follower:
                 return 0
             log.debug("ingest's purge stream unavailable (%s): reading the origin", exc)
             batch = await self.from_origin()
-        return await self.apply(batch)
+        heard = time.monotonic()  # what the feed said as of now: applied before it counts
+        n = await self.apply(batch)
+        self.heard_at = heard
+        return n
 
     async def _last_known(self) -> int:
         """The newest record's number: from ingest (`after=-1` asks only that), else the
@@ -225,9 +237,21 @@ class Follower:
     async def beat_forever(self, following: asyncio.Task[None]) -> None:
         """The node's other workers serve media only while this beats: a follower that
         died or a worker 0 that stalled must not leave them serving what it no longer
-        purges."""
+        purges. Nor one cut from ingest and the origin alike: past its lease it stops
+        beating until a read of the feed is applied again (what it missed, deletes
+        included, is applied before it serves again)."""
+        lapsed = False
         while not following.done():
-            self.cache.journal.beat(int(time.time()))
+            silent = time.monotonic() - self.heard_at
+            if silent <= self.s.lease_seconds:
+                self.cache.journal.beat(int(time.time()))
+                if lapsed:
+                    log.warning("the purge feed is back: serving media again")
+                lapsed = False
+            elif not lapsed:
+                lapsed = True
+                log.error("no word from ingest or the origin's purge log for %.0f s: this "
+                          "node refuses media until it is back", silent)
             await asyncio.sleep(BEAT_SECONDS)
         log.error("the purge follower stopped: this node refuses media")
 
