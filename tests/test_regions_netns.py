@@ -387,18 +387,22 @@ async def test_purge_and_delete_are_applied_on_every_edge_within_an_rtt(wan: Wan
         for _ in range(2):
             await wan.get(region, wan.edges[name].url + path)
         assert (await wan.get(region, wan.edges[name].url + path))[1] == "HIT"
+    asked = time.monotonic()
     async with wan.admin.post(wan.ingest_url + "/v1/purges", json={"ids": [image_id]},
                               headers=ADMIN) as r:
         body = await r.json()
         answered = time.monotonic()
+        purge_answer = answered - asked
         assert r.status == 200, body
     assert body["edges"] == {n: "applied" for n, _ in EDGES}, body
     purge = await asyncio.gather(*(
         _first_applied(wan, region, wan.edges[name].url + path, answered, (200, "MISS"))
         for name, region in EDGES))
+    asked = time.monotonic()
     async with wan.admin.delete(f"{wan.ingest_url}/v1/images/{image_id}",
                                 headers=ADMIN) as r:
         answered = time.monotonic()
+        delete_answer = answered - asked
         assert r.status == 204, await r.text()
         seq = r.headers["X-Purge-Seq"]
     async with wan.admin.get(f"{wan.ingest_url}/v1/purges/{seq}", headers=ADMIN) as r:
@@ -412,6 +416,9 @@ async def test_purge_and_delete_are_applied_on_every_edge_within_an_rtt(wan: Wan
         assert p <= bound and d <= bound, (name, p, d, bound)
         figures[name] = {"purge_ms": round(p * 1000, 1), "delete_ms": round(d * 1000, 1),
                          "bound_ms": round(bound * 1000)}
+    # The answers themselves wait for the farthest edge's acknowledgement.
+    figures["answer_ms"] = {"purge": round(purge_answer * 1000, 1),
+                            "delete": round(delete_answer * 1000, 1)}
     wan.record("applied_after_answer_ms", figures)
 
 
@@ -462,12 +469,16 @@ async def test_a_region_cut_off_during_deletes_serves_none_of_them_after(wan: Wa
     cut = time.monotonic()
     restored = False
     try:
-        answers = []
+        answers, seq = [], ""
         for m in manifests[:3]:
             async with wan.admin.delete(f"{wan.ingest_url}/v1/images/{m['id']}",
                                         headers=ADMIN) as r:
                 answers.append(r.status)
+                seq = r.headers.get("X-Purge-Seq", "")
         assert answers == [204] * 3
+        async with wan.admin.get(f"{wan.ingest_url}/v1/purges/{seq}", headers=ADMIN) as r:
+            acks = (await r.json())["edges"]  # who ingest says applied the last delete
+        assert acks.get(edge.name) != "applied", acks
         deleted_at = time.monotonic() - cut
         # While cut: what the edge answers, until it refuses media or the bound has passed.
         bound = REFUSED_WITHIN + 1  # + scheduling slack on a shared box
@@ -508,6 +519,7 @@ async def test_a_region_cut_off_during_deletes_serves_none_of_them_after(wan: Wa
             wan.net.set_link(wan.site, f"up-{short}", up=True)
     wan.record("partition", {
         "region": region, "deletes_answered_after_cut_s": round(deleted_at, 2),
+        "ingest_says": acks,
         "stale_serves_while_cut": stale_while_cut,
         "media_refused_after_cut_s": None if refused_at is None else round(refused_at, 2),
         "refusal_bound_s": bound, "kept_image_while_cut": kept_while_cut,
@@ -532,12 +544,16 @@ def _print_table(w: Wan) -> None:
         owner_miss = next((v for k, v in t.items() if k.endswith("miss")), "-")
         owner_hit = next((v for k, v in t.items() if k.endswith("hit")), "-")
         applied = [v for k, v in f.get("applied_after_answer_ms", {}).items()
-                   if k.startswith(region)]
+                   if k.startswith(region) and "purge_ms" in v]
         purge = max((a["purge_ms"] for a in applied), default="-")
         delete = max((a["delete_ms"] for a in applied), default="-")
         new, reused = m.get("new_connection_ms", "-"), m.get("reused_connection_ms", "-")
         lines.append(f"{region:10} {RTT_TO_ORIGIN[region] * 1000:>9.0f}ms {new:>9} {reused:>7} "
                      f"{owner_miss:>8} {owner_hit:>7} {purge:>9} {delete:>10}")
+    answers = f.get("applied_after_answer_ms", {}).get("answer_ms")
+    if answers:
+        lines.append(f"purge answered in {answers['purge']} ms, delete in {answers['delete']} ms "
+                     "(from the origin site: every edge applied it)")
     for key in ("failover", "partition"):
         if key in f:
             lines.append(f"{key}: {json.dumps(f[key])}")
