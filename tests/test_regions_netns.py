@@ -221,11 +221,12 @@ def _build(net: netns.Net) -> tuple[str, dict[str, str], dict[str, tuple[str, st
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def wan(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+async def wan(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
               ) -> AsyncIterator[Wan]:
     reason = netns.unavailable()
     if reason:
         pytest.skip(f"network namespace topology not run: {reason}")
+    s3_server: S3Server = request.getfixturevalue("s3_server")
     tmp = tmp_path_factory.mktemp("wan")
     net = netns.Net()
     services: list[Service] = []
@@ -469,13 +470,15 @@ async def test_a_region_cut_off_during_deletes_serves_none_of_them_after(wan: Wa
     cut = time.monotonic()
     restored = False
     try:
-        answers, seq = [], ""
-        for m in manifests[:3]:
-            async with wan.admin.delete(f"{wan.ingest_url}/v1/images/{m['id']}",
+
+        async def delete(image_id: str) -> tuple[int, int]:
+            async with wan.admin.delete(f"{wan.ingest_url}/v1/images/{image_id}",
                                         headers=ADMIN) as r:
-                answers.append(r.status)
-                seq = r.headers.get("X-Purge-Seq", "")
-        assert answers == [204] * 3
+                return r.status, int(r.headers.get("X-Purge-Seq", "0"))
+
+        answers = await asyncio.gather(*(delete(m["id"]) for m in manifests[:3]))
+        assert [status for status, _ in answers] == [204] * 3
+        seq = max(s for _, s in answers)
         async with wan.admin.get(f"{wan.ingest_url}/v1/purges/{seq}", headers=ADMIN) as r:
             acks = (await r.json())["edges"]  # who ingest says applied the last delete
         assert acks.get(edge.name) != "applied", acks
