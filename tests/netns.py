@@ -75,7 +75,7 @@ def session_in(ns: str | None) -> aiohttp.ClientSession:
         family = addr_info[0]  # type: ignore[index]
         return socket_in(ns, family)
 
-    connector = aiohttp.TCPConnector(socket_factory=factory, force_close=False)
+    connector = aiohttp.TCPConnector(socket_factory=factory)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
 
