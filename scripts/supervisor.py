@@ -49,18 +49,20 @@ class Child:
 def secrets_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     """Generate and print the secrets the environment does not provide (never a default)."""
     out = dict(env)
-    for var, value, what in ((cfg.secrets.api_key_env, cfg.secrets.api_key, "API key"),
-                             (cfg.secrets.admin_token_env, cfg.secrets.admin_token,
-                              "admin token")):
-        if value is None:
+    s = cfg.secrets
+    # Every enabled key from an unset variable; of the signing keys (optional), only the
+    # first, when none is set. Keys from files are the operator's to provide.
+    unset = [(k.env, what) for keys, what in ((s.api_keys, "API key"),
+                                              (s.admin_tokens, "admin token"))
+             for k in keys if k.enabled and k.value is None and k.env]
+    signing = [k.env for k in s.of("signing_keys") if k.enabled and k.value is None and k.env]
+    if not s.usable("signing_keys") and signing:
+        unset.append((signing[0], "signing key"))
+    for var, what in unset:
+        if var is not None and not out.get(var):
             out[var] = secrets.token_urlsafe(32)
             print(f"secret {var} {out[var]}", flush=True)
             log("warning", f"{var} was not set: generated a random {what} for this run")
-    if not cfg.secrets.signing_keys and cfg.secrets.signing_key_envs:
-        var = cfg.secrets.signing_key_envs[0]
-        out[var] = secrets.token_urlsafe(32)
-        print(f"secret {var} {out[var]}", flush=True)
-        log("warning", f"{var} was not set: generated a random signing key for this run")
     return out
 
 
@@ -146,6 +148,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.halt.set)
+        # Reload (TLS, keys) is each child's: pass it on to every one, all workers included.
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         tasks: list[asyncio.Task[None]] = []
         all_ready = True
         for stage in self.stages:
@@ -162,6 +166,12 @@ class Supervisor:
                 self.on_ready()
         await self.halt.wait()
         return await self.shutdown(tasks)
+
+    def hangup(self) -> None:
+        log("info", "SIGHUP: passed on to every service")
+        for k in self.kids:
+            if k.proc is not None and k.proc.returncode is None:
+                k.proc.send_signal(signal.SIGHUP)
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
         self.stopping = True

@@ -5,7 +5,7 @@ One that still reaches the origin's log keeps serving.
 
 The bound, from the config: a healthy follower hears from its feed (a long-poll answer, or a
 read of the origin's log while ingest is away) at least every
-    lease = max(purge_follow_seconds, purge_poll_seconds + 1) + 2 * origin_timeout
+    lease = max(1.5 * purge_follow_seconds, purge_poll_seconds + 1) + 2 * origin_timeout
 seconds; past that it stops beating, and every worker refuses media once the heartbeat is
 5 s old (beats are 1 s apart).
 
@@ -33,7 +33,7 @@ from tests.topology import Service, env
 pytestmark = pytest.mark.timeout(120)
 
 FOLLOW, POLL, TIMEOUT = 0.5, 0.5, 0.5
-LEASE = max(FOLLOW, POLL + 1) + 2 * TIMEOUT
+LEASE = max(1.5 * FOLLOW, POLL + 1) + 2 * TIMEOUT
 REFUSED_WITHIN = LEASE + 1 + 5 + 1  # + a beat, the workers' grace, scheduling slack
 
 

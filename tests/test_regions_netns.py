@@ -64,7 +64,7 @@ PROBE_INTERVAL, PROBE_TIMEOUT, FALL, RISE = 0.5, 0.5, 2, 2
 FOLLOW_SECONDS, POLL_SECONDS, ORIGIN_TIMEOUT = 1.0, 0.5, 1.5
 # An edge that hears nothing from ingest nor the origin's log for its lease stops beating;
 # its workers refuse media once the beat (1 s apart) is 5 s old (docs/design.md).
-LEASE = max(FOLLOW_SECONDS, POLL_SECONDS + 1) + 2 * ORIGIN_TIMEOUT
+LEASE = max(1.5 * FOLLOW_SECONDS, POLL_SECONDS + 1) + 2 * ORIGIN_TIMEOUT
 REFUSED_WITHIN = LEASE + 1 + 5
 
 
