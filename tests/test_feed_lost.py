@@ -3,14 +3,16 @@ it must stop serving media within a bound rather than serve its cache forever (a
 serving what was deleted meanwhile once the link returns, until its follower reconnects).
 One that still reaches the origin's log keeps serving.
 
-The bound, from the config: a healthy follower hears from its feed (a long-poll answer, or a
-read of the origin's log while ingest is away) at least every
+The bound, from the config: a healthy follower hears from its feed (its stream to ingest,
+whose heartbeat finds a dead link within 1.5 intervals, or a read of the origin's log while
+ingest is away) at least every
     lease = max(1.5 * purge_follow_seconds, purge_poll_seconds + 1) + 2 * origin_timeout
 seconds; past that it stops beating, and every worker refuses media once the heartbeat is
 5 s old (beats are 1 s apart).
 
 Real processes on loopback: ingest frozen with SIGSTOP (its socket still accepts, nothing
-answers: what a cut link looks like to TCP), the origin behind the suite's stoppable proxy.
+answers: what a cut link looks like to TCP; the stream's handshake needs its own deadline
+then), the origin behind the suite's stoppable proxy.
 """
 
 from __future__ import annotations
