@@ -102,7 +102,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
         if cache.journal.ready_run != run:
             return "catching up on the purge log"
         if not cache.journal.serving(run, int(time.time())):
-            return "the node's purge follower is not running"
+            return "the node's purge follower is not running or has no purge feed"
         if isinstance(cache.disk, NoDiskTier):
             return f"disk cache unusable: {cache.disk.reason}"
         state, at = cache.journal.origin_state()

@@ -51,6 +51,15 @@ class FollowerSettings:
     timeout: float  # one request to ingest or the origin
     probe_seconds: float  # the origin, while it answers: only if nothing proved it this long
 
+    @property
+    def lease_seconds(self) -> float:
+        """A follower with a feed hears from it at least this often: an open stream proves
+        itself (heartbeats) within 1.5 x follow_seconds; with ingest away, the origin's log
+        is read every fallback_seconds after a failed try of ingest; each attempt may take
+        `timeout`. Past it, the node has no way to learn of a purge or a delete."""
+        return max(1.5 * self.follow_seconds, self.fallback_seconds + HUB_RETRY_SECONDS) \
+            + 2 * self.timeout
+
 
 class Follower:
     def __init__(self, cache: EdgeCache, settings: FollowerSettings, cursor_file: Path,
@@ -66,6 +75,8 @@ class Follower:
         self.via = "none"
         self._next_origin_read = 0.0
         self._refused_key = ""
+        self.heard_at = time.monotonic()  # the feed's last word, applied
+        self._live = False  # an open stream, caught up with what ingest said
 
     # -- the cursor on disk ------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -187,7 +198,13 @@ class Follower:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
             log.debug("ingest's purge log unavailable (%s): reading the origin", exc)
             batch = await self.from_origin()
-        return await self.apply(batch)
+        return await self._apply_heard(batch)
+
+    async def _apply_heard(self, batch: Batch) -> int:
+        heard = time.monotonic()  # what the feed said as of now: applied before it counts
+        n = await self.apply(batch)
+        self.heard_at = max(self.heard_at, heard)
+        return n
 
     async def follow(self) -> None:
         """Follow ingest's stream until it ends; read the origin when ingest cannot be
@@ -203,7 +220,7 @@ class Follower:
             log.debug("ingest's purge stream unavailable (%s): reading the origin", exc)
             gone = True
         if gone:
-            n = await self.apply(await self.from_origin())
+            n = await self._apply_heard(await self.from_origin())
             if n:
                 log.info("applied %d purge record(s) up to %d (origin)", n, self.cursor)
 
@@ -212,30 +229,42 @@ class Follower:
         Returns True when ingest no longer holds the records we lack (read the origin)."""
         params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
         try:
-            ws = await self.session.ws_connect(
-                f"{self.s.hub_url}/_internal/purges/stream", params=params,
-                headers=self._auth(), heartbeat=self.s.follow_seconds, max_msg_size=0,
-                autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout))
+            # The handshake has a deadline too: an ingest behind a cut link (or frozen)
+            # accepts nothing and refuses nothing, and the session's own limit is minutes.
+            async with asyncio.timeout(self.s.timeout):
+                ws = await self.session.ws_connect(
+                    f"{self.s.hub_url}/_internal/purges/stream", params=params,
+                    headers=self._auth(), heartbeat=self.s.follow_seconds, max_msg_size=0,
+                    autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout))
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 self._refused()
             raise
         self._refused_key = ""
-        async with ws:
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.BINARY:
-                    break
-                body: dict[str, Any] = json.loads(msg.data)
-                batch = self._checked(body)
-                if batch is None:
+        try:
+            async with ws:
+                async for msg in ws:
+                    if msg.type is not aiohttp.WSMsgType.BINARY:
+                        break
+                    heard = time.monotonic()
+                    body: dict[str, Any] = json.loads(msg.data)
+                    batch = self._checked(body)
+                    if batch is None:
+                        return True
+                    n = await self.apply(batch)
+                    if n:
+                        log.info("applied %d purge record(s) up to %d", n, self.cursor)
+                    if self.cursor >= self.hub_last:  # nothing ingest knows is missing here
+                        self.heard_at, self._live = max(self.heard_at, heard), True
+                    await ws.send_str(str(self.cursor))
+                if ws.close_code == GONE:
                     return True
-                n = await self.apply(batch)
-                if n:
-                    log.info("applied %d purge record(s) up to %d", n, self.cursor)
-                await ws.send_str(str(self.cursor))
-            if ws.close_code == GONE:
-                return True
-            raise OSError(f"ingest closed the purge stream ({ws.close_code})")
+                raise OSError(f"ingest closed the purge stream ({ws.close_code})")
+        finally:
+            if self._live:  # its heartbeat proved the link up to 1.5 intervals ago at most
+                self._live = False
+                self.heard_at = max(self.heard_at,
+                                    time.monotonic() - 1.5 * self.s.follow_seconds)
 
     def _checked(self, body: dict[str, Any]) -> Batch | None:
         """The records of one answer, checked against the cursor; None: read the origin."""
@@ -294,9 +323,21 @@ class Follower:
     async def beat_forever(self, following: asyncio.Task[None]) -> None:
         """The node's other workers serve media only while this beats: a follower that
         died or a worker 0 that stalled must not leave them serving what it no longer
-        purges."""
+        purges. Nor one cut from ingest and the origin alike: past its lease it stops
+        beating until a read of the feed is applied again (what it missed, deletes
+        included, is applied before it serves again)."""
+        lapsed = False
         while not following.done():
-            self.cache.journal.beat(int(time.time()))
+            silent = time.monotonic() - self.heard_at
+            if self._live or silent <= self.s.lease_seconds:
+                self.cache.journal.beat(int(time.time()))
+                if lapsed:
+                    log.warning("the purge feed is back: serving media again")
+                lapsed = False
+            elif not lapsed:
+                lapsed = True
+                log.error("no word from ingest or the origin's purge log for %.0f s: this "
+                          "node refuses media until it is back", silent)
             await asyncio.sleep(BEAT_SECONDS)
         log.error("the purge follower stopped: this node refuses media")
 

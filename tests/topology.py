@@ -86,16 +86,19 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class Service:
-    """One `mediacdn <service>` process; `start()` returns once it announced its URL."""
+    """One `mediacdn <service>` process; `start()` returns once it announced its URL.
+    With `netns`, it runs in that network namespace (`ip netns exec`, which execs it)."""
 
-    def __init__(self, argv: list[str], environ: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], environ: dict[str, str], netns: str | None = None
+                 ) -> None:
         self.argv, self.environ = argv, environ
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
     async def start(self) -> Service:
         self.proc = await asyncio.create_subprocess_exec(
-            *MEDIACDN, *self.argv, env=self.environ, cwd=str(ROOT),
+            *self.prefix, *MEDIACDN, *self.argv, env=self.environ, cwd=str(ROOT),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         assert self.proc.stdout is not None
         async with asyncio.timeout(30):
