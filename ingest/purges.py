@@ -203,14 +203,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
                                max_msg_size=1024)
     await ws.prepare(request)
     transport = request.transport
-    hub.ack(node, region, after, transport)
+    hub.ack(node, region, after, transport, stream=True)
     feeding = asyncio.create_task(_feed(hub, node, after, ws))
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT or not msg.data.isdigit():
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"send a cursor")
                 break
-            hub.ack(node, region, int(msg.data), transport)
+            hub.ack(node, region, int(msg.data), transport, stream=True)
     finally:
         feeding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
