@@ -36,6 +36,10 @@ ORIGIN_BATCH = 200  # records read from the origin's log per deadline
 HUB_RETRY_SECONDS = 1.0
 BEAT_SECONDS = 1.0
 BEAT_GRACE_SECONDS = 5  # media is refused once the follower's heartbeat is this old
+# A beat this late: the process was stopped (SIGSTOP, a frozen VM) or its loop blocked for
+# about as long as a purge waits for us (ingest.purge_ack_seconds, 5 s by default), so a
+# purge may have been answered naming us pending while its record sat unread in our socket.
+STALLED_SECONDS = 3.0
 GONE = 4410  # ingest's close code: it no longer holds the records after our cursor
 
 
@@ -64,6 +68,7 @@ class Follower:
         self.hub_last = 0  # the newest record ingest has told us about
         self.via = "none"
         self._next_origin_read = 0.0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None  # the open stream
 
     # -- the cursor on disk ------------------------------------------------------------
     def _load_cursor(self) -> int:
@@ -194,24 +199,39 @@ class Follower:
         Returns True when ingest no longer holds the records we lack (read the origin)."""
         params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
         headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
-        async with self.session.ws_connect(
+        # The handshake under our own deadline: a stalled ingest accepts the connection
+        # and never answers, and the session's default (5 min) kept us from the origin's
+        # log all that time.
+        async with asyncio.timeout(self.s.timeout):
+            ws = await self.session.ws_connect(
                 f"{self.s.hub_url}/_internal/purges/stream", params=params, headers=headers,
                 heartbeat=self.s.follow_seconds, max_msg_size=0, autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout)) as ws:
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.BINARY:
-                    break
-                body: dict[str, Any] = json.loads(msg.data)
-                batch = self._checked(body)
-                if batch is None:
-                    return True
-                n = await self.apply(batch)
-                if n:
-                    log.info("applied %d purge record(s) up to %d", n, self.cursor)
-                await ws.send_str(str(self.cursor))
-            if ws.close_code == GONE:
+                timeout=aiohttp.ClientWSTimeout(ws_close=self.s.timeout))
+        async with ws:
+            self._ws = ws
+            try:
+                gone = await self._follow_stream(ws)
+            finally:
+                self._ws = None
+        return gone
+
+    async def _follow_stream(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                break
+            body: dict[str, Any] = json.loads(msg.data)
+            batch = self._checked(body)
+            if batch is None:
                 return True
-            raise OSError(f"ingest closed the purge stream ({ws.close_code})")
+            n = await self.apply(batch)
+            if n:
+                log.info("applied %d purge record(s) up to %d", n, self.cursor)
+            await ws.send_str(str(self.cursor))
+        if not self.caught_up:
+            return False  # we stalled (beat_forever closed it): catch up before serving
+        if ws.close_code == GONE:
+            return True
+        raise OSError(f"ingest closed the purge stream ({ws.close_code})")
 
     def _checked(self, body: dict[str, Any]) -> Batch | None:
         """The records of one answer, checked against the cursor; None: read the origin."""
@@ -271,10 +291,25 @@ class Follower:
         """The node's other workers serve media only while this beats: a follower that
         died or a worker 0 that stalled must not leave them serving what it no longer
         purges."""
+        beat_at = time.monotonic()
         while not following.done():
+            late = time.monotonic() - beat_at
+            beat_at = time.monotonic()
             self.cache.journal.beat(int(time.time()))
+            if late > STALLED_SECONDS + BEAT_SECONDS and self.caught_up:
+                await self._stalled(late)
             await asyncio.sleep(BEAT_SECONDS)
         log.error("the purge follower stopped: this node refuses media")
+
+    async def _stalled(self, seconds: float) -> None:
+        """Back from a stall: records may be waiting unread in the stream, and requests
+        that queued meanwhile would be served before the follower reads them. Refuse media
+        and catch up from ingest (a fresh round trip, as after a start) first."""
+        log.warning("this node stalled for %.1f s: refusing media until it has caught up "
+                    "with the purge log", seconds)
+        self.cache.journal.set_ready(0)
+        if self._ws is not None:
+            await self._ws.close(message=b"stalled: catching up")
 
     @property
     def caught_up(self) -> bool:

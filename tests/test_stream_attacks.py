@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 
 import pytest
 
 from common.hashing import content_id
-from tests import test_invalidation
+from config import load_config
+from origin import open_origin, purgelog
+from tests import images, test_invalidation
 from tests.helpers import ADMIN
-from tests.test_invalidation import Net, _last, _stream
+from tests.test_invalidation import Net, _last, _stream, paths_of, warm
 
 net = test_invalidation.net  # the harness's fixture
 
@@ -59,3 +64,72 @@ async def test_a_purge_is_not_applied_by_a_node_while_one_of_its_streams_lags(
         assert (await r.json())["edges"] == {"e1": "applied"}
     await a.close()
     await b.close()
+
+
+async def test_a_stopped_edge_is_named_pending_and_applies_the_purge_before_serving_again(
+        net: Net) -> None:
+    # SIGSTOP a whole edge (a frozen VM, a long GC pause): its stream stays open, so the
+    # purge waits purge_ack_seconds and names it pending; requests that reach it while it
+    # is stopped wait in its socket queues. After SIGCONT none of them may get the copy the
+    # purge removed: the node applies the record before it serves again.
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    image_id, paths = str(manifest["id"]), paths_of(manifest)
+    await warm(net, "e1", paths)
+    svc = net.edges["e1"]
+    assert svc.proc is not None
+    os.kill(svc.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        status, edges = await _purge(net, [image_id])
+        assert time.monotonic() - t0 < 5 + 2  # purge_ack_seconds + slack
+        assert (status, edges) == (202, {"e1": "pending"})
+        gets = [asyncio.create_task(net.get(net.url("e1") + p)) for p in paths * 4]
+        await asyncio.sleep(0.5)  # the GETs are sent; the stopped edge holds them
+    finally:
+        os.kill(svc.proc.pid, signal.SIGCONT)
+    got = await asyncio.gather(*gets)
+    stale = [(p, g) for p, g in zip(paths * 4, got, strict=True) if g[:2] == (200, "HIT")]
+    assert stale == [], f"{len(stale)} of {len(got)} GETs got the purged copy: {stale[:3]}"
+    # Refused at most while it catches up, then served again: refilled, never the old copy.
+    deadline = time.monotonic() + 5
+    while (got1 := await net.get(net.url("e1") + paths[0]))[0] != 200:
+        assert time.monotonic() < deadline, f"the edge still refuses media: {got1}"
+        await asyncio.sleep(0.2)
+    assert got1[1] != "HIT" or got1[2] < 3, got1
+
+
+async def test_a_stalled_ingest_does_not_keep_an_edge_from_the_origins_log(
+        net: Net) -> None:
+    # Ingest stalled (SIGSTOP, a hung load balancer): the edge's stream heartbeat gives up
+    # on it and the edge reads the origin's log every purge_poll_seconds until ingest
+    # answers again. A new stream's handshake to the stalled ingest had no deadline but
+    # aiohttp's 5 minutes, and records another writer (a second ingest) added meanwhile
+    # were not applied: the edge served purged copies for minutes.
+    net.write(extra_edge="purge_follow_seconds = 1")
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    image_id, paths = str(manifest["id"]), paths_of(manifest)
+    await warm(net, "e1", paths)
+    assert net.ingest is not None and net.ingest.proc is not None
+    os.kill(net.ingest.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(4)  # the edge gave up the stream and is reconnecting
+        cfg = load_config(net.config, net.env)
+        async with open_origin(cfg.origin) as origin:  # a second writer's record
+            seq = await purgelog.last_seq(origin) + 1
+            assert await purgelog.try_write(
+                origin, purgelog.new_record(seq, "purge", [image_id]))
+        deadline = time.monotonic() + 4 + 4 + 2  # origin_timeout, a poll, slack
+        while True:
+            status, cache, _ = await net.get(net.url("e1") + paths[0])
+            if cache != "HIT":
+                assert (status, cache) == (200, "MISS")  # dropped, refilled, still serving
+                break
+            assert time.monotonic() < deadline, "the edge never read the origin's log"
+            await asyncio.sleep(0.2)
+    finally:
+        os.kill(net.ingest.proc.pid, signal.SIGCONT)
