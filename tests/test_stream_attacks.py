@@ -1,6 +1,7 @@
 """Attacks on the purge stream (edges follow ingest over one WebSocket per node, acks sent
-back on it): two streams claiming one node, a stalled edge, a stalled ingest, a stream whose
-next record ingest no longer holds.
+back on it): two streams claiming one node, a stalled edge, a stalled ingest (each failed
+before its fix), and a stream whose next record ingest no longer holds (close 4410; held on
+the stream's first version, kept because nothing else drives that path with a real edge).
 
 Uses the harness of tests/test_invalidation.py (real ingest/edges on loopback, the suite's
 S3 server behind the counting, slowable proxy).
@@ -133,3 +134,30 @@ async def test_a_stalled_ingest_does_not_keep_an_edge_from_the_origins_log(
             await asyncio.sleep(0.2)
     finally:
         os.kill(net.ingest.proc.pid, signal.SIGCONT)
+
+
+async def test_a_stream_whose_next_record_ingest_lacks_reads_the_origin_and_follows_on(
+        net: Net) -> None:
+    # A hole after the edge's cursor (records compacted or lost under it): ingest closes
+    # the stream with 4410, the edge reads the origin's log, finds its next record gone and
+    # drops its whole cache, then follows the stream again: a later purge is applied.
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    paths = paths_of(manifest)
+    await warm(net, "e1", paths)
+    cfg = load_config(net.config, net.env)
+    async with open_origin(cfg.origin) as origin:
+        seq = await purgelog.last_seq(origin) + 2  # seq - 1 never written
+        assert await purgelog.try_write(
+            origin, purgelog.new_record(seq, "purge", [content_id(b"elsewhere")]))
+    deadline = time.monotonic() + 10
+    while (got := await net.get(net.url("e1") + paths[0]))[1] == "HIT":
+        assert time.monotonic() < deadline, "the edge kept its cache across the hole"
+        await asyncio.sleep(0.2)
+    assert got[:2] == (200, "MISS"), got
+    await warm(net, "e1", paths, rounds=1)
+    status, edges = await _purge(net, [str(manifest["id"])])
+    assert (status, edges) == (200, {"e1": "applied"})
+    assert (await net.get(net.url("e1") + paths[0]))[:2] == (200, "MISS")
