@@ -293,11 +293,12 @@ class Follower:
         purges."""
         beat_at = time.monotonic()
         while not following.done():
-            late = time.monotonic() - beat_at
-            beat_at = time.monotonic()
+            now = time.monotonic()
+            late, beat_at = now - beat_at, now
             self.cache.journal.beat(int(time.time()))
             if late > STALLED_SECONDS + BEAT_SECONDS and self.caught_up:
                 await self._stalled(late)
+                beat_at = time.monotonic()  # closing the stream is not a stall
             await asyncio.sleep(BEAT_SECONDS)
         log.error("the purge follower stopped: this node refuses media")
 
