@@ -197,7 +197,8 @@ class Follower:
     async def _stream(self) -> bool:
         """Apply what the stream pushes, acknowledging each message once it is applied.
         Returns True when ingest no longer holds the records we lack (read the origin)."""
-        params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
+        params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region,
+                  "run": str(self.run)}  # our new stream replaces any old one ingest holds
         headers = {"Authorization": f"Bearer {self.s.token}"} if self.s.token else {}
         # The handshake under our own deadline: a stalled ingest accepts the connection
         # and never answers, and the session's default (5 min) kept us from the origin's

@@ -51,10 +51,10 @@ class FollowerState:
     seen_at: float
     transport: asyncio.BaseTransport | None = None  # of its pending long-poll
     delivered: int = 0  # the newest record handed to it
-    # Each open stream's ack. Two processes may claim one name (a replacement started
-    # before the old one left, a copied config): the node has applied only what every
-    # one of its streams has, or one's ack would answer a purge the other still serves.
-    streams: dict[asyncio.BaseTransport, int] = field(default_factory=dict)
+    # Each open stream's (run, ack). Two processes may claim one name (a replacement
+    # started before the old one left, a copied config): the node has applied only what
+    # every one of them has, or one's ack would answer a purge the other still serves.
+    streams: dict[asyncio.BaseTransport, tuple[str, int]] = field(default_factory=dict)
 
     def connected(self, now: float) -> bool:
         # Mid-poll on a live connection; applying what it was handed (an apply may take
@@ -228,20 +228,25 @@ class PurgeHub:
 
     # -- followers ---------------------------------------------------------------------
     def ack(self, name: str, region: str, cursor: int,
-            transport: asyncio.BaseTransport | None = None, stream: bool = False) -> None:
-        """A follower asked for records after `cursor` (or acked it on its stream): it has
-        applied everything up to it."""
+            transport: asyncio.BaseTransport | None = None, run: str | None = None) -> None:
+        """A follower asked for records after `cursor` (or acked it on its stream, `run`
+        naming the process that holds it): it has applied everything up to it."""
         state = self.followers.get(name)
         if state is None:
             state = self.followers[name] = FollowerState(name, region, cursor, 0.0)
         if cursor > self.last:
             cursor = -1  # it knows of records we do not (a reset log): it has applied none
         state.region, state.seen_at = region, time.monotonic()
-        if stream and transport is not None:
-            state.streams[transport] = cursor
+        if run is not None and transport is not None:
+            if transport not in state.streams:
+                # A process's new stream replaces its old one: one still open here died
+                # silently (a partition; our heartbeat would drop it only in ~45 s).
+                for t in [t for t, (r, _) in state.streams.items() if r == run]:
+                    del state.streams[t]
+            state.streams[transport] = (run, cursor)
         else:
             state.transport = transport
-        self._acked(state, min([cursor, *state.streams.values()]))
+        self._acked(state, min([cursor, *(a for _, a in state.streams.values())]))
 
     def _acked(self, state: FollowerState, cursor: int) -> None:
         moved = cursor > state.acked
@@ -329,7 +334,7 @@ class PurgeHub:
             del state.streams[transport]
             state.seen_at = time.monotonic()
             if state.streams:  # the node now stands where its remaining streams do
-                self._acked(state, min(state.streams.values()))
+                self._acked(state, min(a for _, a in state.streams.values()))
         elif state.transport is transport:  # not a newer poll's
             state.transport, state.seen_at = None, time.monotonic()
 

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import pytest
 
 from common.hashing import content_id
@@ -65,6 +66,41 @@ async def test_a_purge_is_not_applied_by_a_node_while_one_of_its_streams_lags(
         assert (await r.json())["edges"] == {"e1": "applied"}
     await a.close()
     await b.close()
+
+
+async def _stream_of(net: Net, node: str, after: int,
+                     run: str) -> aiohttp.ClientWebSocketResponse:
+    assert net.ingest is not None
+    return await net.http.ws_connect(
+        net.ingest.url + "/_internal/purges/stream", headers=ADMIN,
+        params={"after": str(after), "node": node, "region": "eu", "run": run})
+
+
+async def test_a_nodes_new_stream_is_not_held_back_by_its_old_one_still_open_here(
+        net: Net) -> None:
+    # After a partition the edge gives up its stream and opens a new one, while ingest may
+    # still hold the old connection open (it learns it is dead only from its heartbeat,
+    # up to 45 s). The same process (same run) cannot be behind itself: its new stream's
+    # acks answer purges at once. Another process under the same name still holds it back.
+    net.write()
+    await net.start_ingest()
+    last = await _last(net)
+    old = await _stream_of(net, "e1", last, "run-1")  # never read again: a dead link
+    assert json.loads(await old.receive_bytes(timeout=5))["records"] == []
+    new = await _stream_of(net, "e1", last, "run-1")
+    assert json.loads(await new.receive_bytes(timeout=5))["records"] == []
+    posting = asyncio.create_task(_purge(net, [content_id(b"y")]))
+    pushed = json.loads(await new.receive_bytes(timeout=5))
+    await new.send_str(str(pushed["last"]))
+    assert await asyncio.wait_for(posting, 10) == (200, {"e1": "applied"})
+    other = await _stream_of(net, "e1", pushed["last"], "run-2")
+    assert json.loads(await other.receive_bytes(timeout=5))["records"] == []
+    posting = asyncio.create_task(_purge(net, [content_id(b"z")]))
+    pushed = json.loads(await new.receive_bytes(timeout=5))
+    await new.send_str(str(pushed["last"]))
+    assert await asyncio.wait_for(posting, 10) == (202, {"e1": "pending"})
+    for ws in (old, new, other):
+        await ws.close()
 
 
 async def test_a_stopped_edge_is_named_pending_and_applies_the_purge_before_serving_again(
