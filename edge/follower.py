@@ -144,8 +144,7 @@ class Follower:
                 return await self.from_origin()
             if r.status != 200:
                 raise OSError(f"ingest answered {r.status}")
-            body: dict[str, Any] = await r.json()
-        batch = self._checked(body)
+            batch = self._checked(await r.json())
         return await self.from_origin() if batch is None else batch
 
     async def from_origin(self) -> Batch:
@@ -220,8 +219,7 @@ class Follower:
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.BINARY:
                 break
-            body: dict[str, Any] = json.loads(msg.data)
-            batch = self._checked(body)
+            batch = self._checked(json.loads(msg.data))
             if batch is None:
                 return True
             n = await self.apply(batch)
@@ -234,9 +232,13 @@ class Follower:
             return True
         raise OSError(f"ingest closed the purge stream ({ws.close_code})")
 
-    def _checked(self, body: dict[str, Any]) -> Batch | None:
-        """The records of one answer, checked against the cursor; None: read the origin."""
-        self.hub_last = int(body.get("last", 0))
+    def _checked(self, body: Any) -> Batch | None:
+        """The records of one answer, checked against the cursor; None: read the origin.
+        ValueError for an answer of the wrong shape: ingest is unusable, as if away."""
+        if not (isinstance(body, dict) and isinstance(body.get("last", 0), int)
+                and isinstance(body.get("records", []), list)):
+            raise ValueError("ingest sent a purge answer of the wrong shape")
+        self.hub_last = body.get("last", 0)
         records = [_record(raw) for raw in body.get("records", [])]
         if self.cursor >= 0 and self.hub_last < self.cursor:
             return None  # ingest knows less than we do: ask the source

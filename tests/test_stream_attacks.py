@@ -1,7 +1,8 @@
 """Attacks on the purge stream (edges follow ingest over one WebSocket per node, acks sent
-back on it): two streams claiming one node, a stalled edge, a stalled ingest (each failed
-before its fix), and a stream whose next record ingest no longer holds (close 4410; held on
-the stream's first version, kept because nothing else drives that path with a real edge).
+back on it): two streams claiming one node, one node's old and new stream, a stalled edge, a
+stalled ingest, a stream message of the wrong shape (each failed before its fix), and a
+stream whose next record ingest no longer holds (close 4410; held on the stream's first
+version, kept because nothing else drives that path with a real edge).
 
 Uses the harness of tests/test_invalidation.py (real ingest/edges on loopback, the suite's
 S3 server behind the counting, slowable proxy).
@@ -17,6 +18,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from common.hashing import content_id
 from config import load_config
@@ -197,3 +199,51 @@ async def test_a_stream_whose_next_record_ingest_lacks_reads_the_origin_and_foll
     status, edges = await _purge(net, [str(manifest["id"])])
     assert (status, edges) == (200, {"e1": "applied"})
     assert (await net.get(net.url("e1") + paths[0]))[:2] == (200, "MISS")
+
+
+async def test_a_stream_message_the_edge_cannot_read_sends_it_to_the_origins_log(
+        net: Net) -> None:
+    # Valid JSON of the wrong shape down the stream (a version skew, a broken proxy in
+    # between): the follower failed outside what it treats as "ingest unusable", so it
+    # never read the origin's log; it reconnected each second and got the same again while
+    # records written meanwhile were never applied (and the node went on serving).
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    manifest = await net.upload(images.jpeg())
+    paths = paths_of(manifest)
+    await warm(net, "e1", paths)
+    assert net.ingest is not None
+    await net.ingest.stop()
+    cfg = load_config(net.config, net.env)
+    async with open_origin(cfg.origin) as origin:
+        last = await purgelog.last_seq(origin)
+
+        async def pages(request: web.Request) -> web.Response:
+            return web.json_response({"last": last, "records": []})
+
+        async def stream(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.send_bytes(b"null")
+            async for _ in ws:
+                pass
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/_internal/purges", pages)
+        app.router.add_get("/_internal/purges/stream", stream)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", net.ports["ingest"]).start()
+        try:
+            await asyncio.sleep(2)  # the edge follows the odd ingest now
+            assert await purgelog.try_write(
+                origin, purgelog.new_record(last + 1, "purge", [str(manifest["id"])]))
+            deadline = time.monotonic() + 4 + 4 + 2  # origin_timeout, a poll, slack
+            while (got := await net.get(net.url("e1") + paths[0]))[1] == "HIT":
+                assert time.monotonic() < deadline, "the edge never read the origin's log"
+                await asyncio.sleep(0.2)
+            assert got[:2] == (200, "MISS"), got
+        finally:
+            await runner.cleanup()
