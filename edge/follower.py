@@ -37,6 +37,10 @@ ORIGIN_BATCH = 200  # records read from the origin's log per deadline
 HUB_RETRY_SECONDS = 1.0
 BEAT_SECONDS = 1.0
 BEAT_GRACE_SECONDS = 5  # media is refused once the follower's heartbeat is this old
+# A beat this late: the process was stopped (SIGSTOP, a frozen VM) or its loop blocked for
+# about as long as a purge waits for us (ingest.purge_ack_seconds, 5 s by default), so a
+# purge may have been answered naming us pending while its record sat unread in our socket.
+STALLED_SECONDS = 3.0
 GONE = 4410  # ingest's close code: it no longer holds the records after our cursor
 
 
@@ -74,6 +78,7 @@ class Follower:
         self.hub_last = 0  # the newest record ingest has told us about
         self.via = "none"
         self._next_origin_read = 0.0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None  # the open stream
         self._refused_key = ""
         self.heard_at = time.monotonic()  # the feed's last word, applied
         self._live = False  # an open stream, caught up with what ingest said
@@ -155,8 +160,7 @@ class Follower:
             if r.status != 200:
                 raise OSError(f"ingest answered {r.status}")
             self._refused_key = ""
-            body: dict[str, Any] = await r.json()
-        batch = self._checked(body)
+            batch = self._checked(await r.json())
         return await self.from_origin() if batch is None else batch
 
     def _auth(self) -> dict[str, str]:
@@ -227,10 +231,12 @@ class Follower:
     async def _stream(self) -> bool:
         """Apply what the stream pushes, acknowledging each message once it is applied.
         Returns True when ingest no longer holds the records we lack (read the origin)."""
-        params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region}
+        params = {"after": str(self.cursor), "node": self.s.node, "region": self.s.region,
+                  "run": str(self.run)}  # our new stream replaces any old one ingest holds
         try:
-            # The handshake has a deadline too: an ingest behind a cut link (or frozen)
-            # accepts nothing and refuses nothing, and the session's own limit is minutes.
+            # The handshake under our own deadline: a stalled ingest, or one behind a cut
+            # link, accepts nothing and refuses nothing, and the session's default (5 min)
+            # kept us from the origin's log all that time.
             async with asyncio.timeout(self.s.timeout):
                 ws = await self.session.ws_connect(
                     f"{self.s.hub_url}/_internal/purges/stream", params=params,
@@ -241,34 +247,45 @@ class Follower:
                 self._refused()
             raise
         self._refused_key = ""
-        try:
-            async with ws:
-                async for msg in ws:
-                    if msg.type is not aiohttp.WSMsgType.BINARY:
-                        break
-                    heard = time.monotonic()
-                    body: dict[str, Any] = json.loads(msg.data)
-                    batch = self._checked(body)
-                    if batch is None:
-                        return True
-                    n = await self.apply(batch)
-                    if n:
-                        log.info("applied %d purge record(s) up to %d", n, self.cursor)
-                    if self.cursor >= self.hub_last:  # nothing ingest knows is missing here
-                        self.heard_at, self._live = max(self.heard_at, heard), True
-                    await ws.send_str(str(self.cursor))
-                if ws.close_code == GONE:
-                    return True
-                raise OSError(f"ingest closed the purge stream ({ws.close_code})")
-        finally:
-            if self._live:  # its heartbeat proved the link up to 1.5 intervals ago at most
-                self._live = False
-                self.heard_at = max(self.heard_at,
-                                    time.monotonic() - 1.5 * self.s.follow_seconds)
+        async with ws:
+            self._ws = ws
+            try:
+                gone = await self._follow_stream(ws)
+            finally:
+                self._ws = None
+                if self._live:  # its heartbeat proved the link up to 1.5 intervals ago
+                    self._live = False
+                    self.heard_at = max(self.heard_at,
+                                        time.monotonic() - 1.5 * self.s.follow_seconds)
+        return gone
 
-    def _checked(self, body: dict[str, Any]) -> Batch | None:
-        """The records of one answer, checked against the cursor; None: read the origin."""
-        self.hub_last = int(body.get("last", 0))
+    async def _follow_stream(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                break
+            heard = time.monotonic()
+            batch = self._checked(json.loads(msg.data))
+            if batch is None:
+                return True
+            n = await self.apply(batch)
+            if n:
+                log.info("applied %d purge record(s) up to %d", n, self.cursor)
+            if self.cursor >= self.hub_last:  # nothing ingest knows is missing here
+                self.heard_at, self._live = max(self.heard_at, heard), True
+            await ws.send_str(str(self.cursor))
+        if not self.caught_up:
+            return False  # we stalled (beat_forever closed it): catch up before serving
+        if ws.close_code == GONE:
+            return True
+        raise OSError(f"ingest closed the purge stream ({ws.close_code})")
+
+    def _checked(self, body: Any) -> Batch | None:
+        """The records of one answer, checked against the cursor; None: read the origin.
+        ValueError for an answer of the wrong shape: ingest is unusable, as if away."""
+        if not (isinstance(body, dict) and isinstance(body.get("last", 0), int)
+                and isinstance(body.get("records", []), list)):
+            raise ValueError("ingest sent a purge answer of the wrong shape")
+        self.hub_last = body.get("last", 0)
         records = [_record(raw) for raw in body.get("records", [])]
         if self.cursor >= 0 and self.hub_last < self.cursor:
             return None  # ingest knows less than we do: ask the source
@@ -326,9 +343,12 @@ class Follower:
         purges. Nor one cut from ingest and the origin alike: past its lease it stops
         beating until a read of the feed is applied again (what it missed, deletes
         included, is applied before it serves again)."""
+        beat_at = time.monotonic()
         lapsed = False
         while not following.done():
-            silent = time.monotonic() - self.heard_at
+            now = time.monotonic()
+            late, beat_at = now - beat_at, now
+            silent = now - self.heard_at
             if self._live or silent <= self.s.lease_seconds:
                 self.cache.journal.beat(int(time.time()))
                 if lapsed:
@@ -338,8 +358,21 @@ class Follower:
                 lapsed = True
                 log.error("no word from ingest or the origin's purge log for %.0f s: this "
                           "node refuses media until it is back", silent)
+            if late > STALLED_SECONDS + BEAT_SECONDS and self.caught_up:
+                await self._stalled(late)
+                beat_at = time.monotonic()  # closing the stream is not a stall
             await asyncio.sleep(BEAT_SECONDS)
         log.error("the purge follower stopped: this node refuses media")
+
+    async def _stalled(self, seconds: float) -> None:
+        """Back from a stall: records may be waiting unread in the stream, and requests
+        that queued meanwhile would be served before the follower reads them. Refuse media
+        and catch up from ingest (a fresh round trip, as after a start) first."""
+        log.warning("this node stalled for %.1f s: refusing media until it has caught up "
+                    "with the purge log", seconds)
+        self.cache.journal.set_ready(0)
+        if self._ws is not None:
+            await self._ws.close(message=b"stalled: catching up")
 
     @property
     def caught_up(self) -> bool:

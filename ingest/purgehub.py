@@ -49,12 +49,18 @@ class FollowerState:
     region: str
     acked: int
     seen_at: float
-    transport: asyncio.BaseTransport | None = None  # of its stream or pending long-poll
+    transport: asyncio.BaseTransport | None = None  # of its pending long-poll
     delivered: int = 0  # the newest record handed to it
+    # Each open stream's (run, ack). Two processes may claim one name (a replacement
+    # started before the old one left, a copied config): the node has applied only what
+    # every one of them has, or one's ack would answer a purge the other still serves.
+    streams: dict[asyncio.BaseTransport, tuple[str, int]] = field(default_factory=dict)
 
     def connected(self, now: float) -> bool:
         # Mid-poll on a live connection; applying what it was handed (an apply may take
         # a while: it owes us an ack, so it counts, as "pending"); or between two polls.
+        if self.streams:
+            return any(not t.is_closing() for t in self.streams)
         if self.transport is not None:
             return not self.transport.is_closing()  # its connection went away: it did
         if self.delivered > self.acked and now - self.seen_at <= OWES_ACK_SECONDS:
@@ -222,16 +228,30 @@ class PurgeHub:
 
     # -- followers ---------------------------------------------------------------------
     def ack(self, name: str, region: str, cursor: int,
-            transport: asyncio.BaseTransport | None = None) -> None:
-        """A follower asked for records after `cursor`: it has applied everything up to it."""
+            transport: asyncio.BaseTransport | None = None, run: str | None = None) -> None:
+        """A follower asked for records after `cursor` (or acked it on its stream, `run`
+        naming the process that holds it): it has applied everything up to it."""
         state = self.followers.get(name)
         if state is None:
             state = self.followers[name] = FollowerState(name, region, cursor, 0.0)
         if cursor > self.last:
             cursor = -1  # it knows of records we do not (a reset log): it has applied none
+        state.region, state.seen_at = region, time.monotonic()
+        if run is not None and transport is not None:
+            if transport not in state.streams:
+                # A process's new stream replaces its old one: one still open here died
+                # silently (a partition; our heartbeat would drop it only in ~45 s).
+                for t in [t for t, (r, _) in state.streams.items() if r == run]:
+                    del state.streams[t]
+            state.streams[transport] = (run, cursor)
+        else:
+            state.transport = transport
+        self._acked(state, min([cursor, *(a for _, a in state.streams.values())]))
+
+    def _acked(self, state: FollowerState, cursor: int) -> None:
         moved = cursor > state.acked
-        state.region, state.seen_at, state.acked = region, time.monotonic(), cursor
-        state.transport = transport
+        state.acked = cursor
+        name = state.name
         if moved:
             for w in self._waiters:  # a few purges in flight, not one per follower
                 if cursor >= w.seq and name in w.pending:
@@ -308,7 +328,14 @@ class PurgeHub:
 
     def poll_ended(self, name: str, transport: asyncio.BaseTransport | None) -> None:
         state = self.followers.get(name)
-        if state is not None and state.transport is transport:  # not a newer poll's
+        if state is None:
+            return
+        if transport is not None and transport in state.streams:
+            del state.streams[transport]
+            state.seen_at = time.monotonic()
+            if state.streams:  # the node now stands where its remaining streams do
+                self._acked(state, min(a for _, a in state.streams.values()))
+        elif state.transport is transport:  # not a newer poll's
             state.transport, state.seen_at = None, time.monotonic()
 
     def connected(self, region: str | None) -> list[FollowerState]:

@@ -7,9 +7,11 @@
                                    long-poll for simple clients; after=-1: the newest number)
     GET    /_internal/purges/{seq}/applied  admin: ?region=&wait=S&from=INSTANCE (another
                                    replica asks which of our edges applied seq)
-    GET    /_internal/purges/stream  admin, WebSocket: ?after=N&node=&region= (edges follow
-                                   it: records pushed as they land; the edge sends back
-                                   the cursor it has applied, its acknowledgement)
+    GET    /_internal/purges/stream  admin, WebSocket: ?after=N&node=&region=&run= (edges
+                                   follow it: records pushed as they land; the edge sends
+                                   back the cursor it has applied, its acknowledgement;
+                                   `run` names its process, whose new stream replaces its
+                                   old one)
 
 A purge or delete is answered once it is durable in the log and every connected edge it
 applies to has applied it (at most `ingest.purge_ack_seconds`); the answer names any edge
@@ -254,6 +256,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         after = int(q.get("after", ""))
     except ValueError:
         raise BadRequest("'after' must be an integer") from None
+    run = q.get("run", "")[:64]  # the follower's process: each stream is its own without it
     if after < 0 or not node:
         raise BadRequest("a stream needs 'after' >= 0 and a 'node' name")
     hub = _hub(request)
@@ -262,14 +265,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
                                max_msg_size=1024)
     await ws.prepare(request)
     transport = request.transport
-    hub.ack(node, region, after, transport)
+    run = run or f"stream-{id(ws)}"
+    hub.ack(node, region, after, transport, run)
     feeding = asyncio.create_task(_feed(hub, node, after, ws, still_valid))
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT or not msg.data.isdigit():
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"send a cursor")
                 break
-            hub.ack(node, region, int(msg.data), transport)
+            hub.ack(node, region, int(msg.data), transport, run)
     finally:
         feeding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
