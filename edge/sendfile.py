@@ -32,7 +32,7 @@ from common.backpressure import SendLimits
 from edge.memory import HotEntry
 
 
-def _sendfile(transport: asyncio.Transport, hot: HotEntry) -> int:
+def send_now(transport: asyncio.Transport, hot: HotEntry) -> int:
     """Bytes the kernel took from the memfd right away (0 if the socket is busy)."""
     sock = transport.get_extra_info("socket")
     if sock is None or transport.get_write_buffer_size():
@@ -48,7 +48,7 @@ def _sendfile(transport: asyncio.Transport, hot: HotEntry) -> int:
 class HotResponse(web.StreamResponse):
     # How much of the body the kernel sends straight from the memfd (0: all through the
     # transport). A class attribute: the TLS subclass chooses once, no check per hit.
-    _kernel_send = staticmethod(_sendfile)
+    _kernel_send = staticmethod(send_now)
 
     def __init__(self, hot: HotEntry, now: int, limits: SendLimits) -> None:
         super().__init__(status=200)
