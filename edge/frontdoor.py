@@ -69,18 +69,25 @@ class Lookup:
     def __init__(self, media: MediaHandler) -> None:
         self.media = media
 
-    def hot(self, key: str, now: int) -> HotEntry | None:
-        """The hot entry for `key` if the media handler would answer it from memory now,
-        after applying purges other workers published (as MediaHandler.handle does)."""
+    def catch_up(self) -> None:
+        """Apply purges other workers or the follower published (MediaHandler.handle does
+        the same first)."""
+        if self.media.cache is not None:
+            self.media.cache.invalidation.catch_up()
+
+    def find(self, key: str, now: int) -> HotEntry | None:
+        """The hot entry for `key` if the media handler would answer it from memory now."""
         cache = self.media.cache
         if cache is None:  # not started yet
             return None
-        cache.invalidation.catch_up()
         hot = cache.memory.get(key)
         if hot is None or not cache.journal.serving(self.media.run, now):
             return None
-        cache.disk.touch(key)
         return hot
+
+    def touch(self, key: str) -> None:
+        if self.media.cache is not None:
+            self.media.cache.disk.touch(key)
 
 
 class FrontDoor:
@@ -226,28 +233,40 @@ class FrontDoorProtocol(asyncio.Protocol):
         return self.sending is not None or self.write_paused
 
     def _serve(self) -> None:
-        """Answer complete hot requests from the buffer until it is empty, a request is not
-        ours (aiohttp takes the connection) or the client must read first."""
-        while self.buf:
-            end = self.buf.find(HEAD_END)
-            if end < 0:
-                if len(self.buf) > MAX_HEAD or self.eof:
-                    self._hand_over()  # aiohttp's to judge (and to answer or not)
-                return  # wait for the rest of the head
-            size = end + 4
-            hot = self._parse(self.buf[:size]) if size <= MAX_HEAD else None
+        """Answer the complete requests in the buffer if every one is a plain hot hit;
+        otherwise aiohttp takes the connection, buffer and all. All or nothing, because
+        aiohttp parses a read as a whole: a bad request in it discards the good ones before
+        it (one 400 answers the read), so the front door must not have answered those."""
+        buf, lookup = self.buf, self.door.lookup
+        now = int(time.time())
+        lookup.catch_up()  # purges by other workers or the follower, first
+        hits: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
+        pos = 0
+        while (end := buf.find(HEAD_END, pos)) >= 0:
+            end += 4
+            hot = self._parse(buf[pos:end], now) if end - pos <= MAX_HEAD else None
             if hot is None:
                 self._hand_over()
                 return
-            self.buf = self.buf[size:]
-            self._answer(hot)
-            if self._blocked():
+            hits.append((end, hot, self.url))
+            pos = end
+        if len(buf) - pos > MAX_HEAD or (self.eof and pos < len(buf)):
+            self._hand_over()  # aiohttp's to judge (and to answer or not)
+            return
+        self.now = now
+        done = 0
+        for end, hot, path in hits:
+            self._answer(hot, path)
+            done = end
+            if self._blocked():  # the rest is looked up again once the client read
+                self.buf = buf[done:]
                 self._block_reading()
                 return
-        if self.eof or self.close_after:
+        self.buf = buf[done:]
+        if not self.buf and (self.eof or self.close_after):
             self._close()
 
-    def _parse(self, head: bytes) -> HotEntry | None:
+    def _parse(self, head: bytes, now: int) -> HotEntry | None:
         self.names.clear()
         self.decline = False
         self.begun = self.complete = 0
@@ -255,30 +274,32 @@ class FrontDoorProtocol(asyncio.Protocol):
         parser = self.parser
         try:
             parser.feed_data(head)
-        except httptools.HttpParserError:
-            return None
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None  # aiohttp answers (its own 400, or its upgrade handling)
         if (self.decline or self.begun != 1 or self.complete != 1
                 or b"host" not in self.names or parser.get_method() != b"GET"
                 or parser.get_http_version() != "1.1" or not parser.should_keep_alive()
                 or _MEDIA.fullmatch(self.url) is None):
             return None
-        self.now = int(time.time())
-        return self.door.lookup.hot(self.url[3:].decode("ascii"), self.now)
+        return self.door.lookup.find(self.url[3:].decode("ascii"), now)
 
-    def _answer(self, hot: HotEntry) -> None:
+    def _answer(self, hot: HotEntry, path: bytes) -> None:
         transport = self.transport
         assert transport is not None
         door = self.door
+        if transport.is_closing():
+            return
+        door.lookup.touch(hot.key)
         if not hot.acquire():  # closed under us (practically never): as HotResponse does
             transport.close()
             return
         stats = door.stats
         stats.fast_hits += 1
+        stats.front_door_hits += 1
         stats.bytes_served += hot.size
         if door.log_hits:
             peer = transport.get_extra_info("peername")
-            path = self.url.decode("ascii")
-            log.info("GET %s -> 200 HIT", path,
+            log.info("GET %s -> 200 HIT", path.decode("ascii"),
                      extra={"status": 200, "cache": "HIT", "bytes": hot.size,
                             "remote": peer[0] if peer else None})
         transport.write(hot.hit_head(self.now))
@@ -327,6 +348,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.inner is None and not self._blocked()
         self.door.connections.discard(self)
+        self.door.stats.front_door_handoffs += 1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
