@@ -41,7 +41,7 @@ import httptools
 from common.backpressure import SendLimits
 from edge.handlers import MediaHandler
 from edge.memory import HotEntry
-from edge.sendfile import send_now
+from edge.sendfile import sendfile_to
 from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
@@ -145,6 +145,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         self.deadline = 0.0
         self.now = 0  # the second the current request is answered in (Date, Age)
         self.timer: asyncio.TimerHandle | None = None
+        self.sock: socket.socket | None = None  # for sendfile(2); never on TLS
 
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -159,6 +160,8 @@ class FrontDoorProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # On TLS the socket carries ciphertext: never sendfile(2) to it.
+            self.sock = None if self.tls else sock
         self.deadline = self.loop.time() + self.idle_timeout
         self.timer = self.loop.call_at(self.deadline, self._idle)
 
@@ -302,14 +305,23 @@ class FrontDoorProtocol(asyncio.Protocol):
             log.info("GET %s -> 200 HIT", path.decode("ascii"),
                      extra={"status": 200, "cache": "HIT", "bytes": hot.size,
                             "remote": peer[0] if peer else None})
-        transport.write(hot.hit_head(self.now))
-        sent = 0 if self.tls else send_now(transport, hot)
+        sent = self._send(transport, hot.hit_head(self.now), hot)
         self.deadline = self.loop.time() + self.idle_timeout
         if sent < hot.size:
             self.sending = (hot, sent)
             self._pump()
         else:
             hot.release()
+
+    def _send(self, transport: asyncio.Transport, head: bytes, hot: HotEntry) -> int:
+        """The head, then as much of the body as the kernel takes from the memfd right away:
+        how much of the body went. (Corking the two into one segment, as nginx's
+        tcp_nopush, measured slower here: two more setsockopt calls through uvloop.)"""
+        transport.write(head)
+        sock = self.sock
+        if sock is None or transport.get_write_buffer_size():
+            return 0
+        return sendfile_to(sock.fileno(), hot)
 
     def _pump(self) -> None:
         """More of the body, a piece at a time, while the connection holds at most its

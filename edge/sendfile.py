@@ -37,8 +37,14 @@ def send_now(transport: asyncio.Transport, hot: HotEntry) -> int:
     sock = transport.get_extra_info("socket")
     if sock is None or transport.get_write_buffer_size():
         return 0
+    return sendfile_to(sock.fileno(), hot)
+
+
+def sendfile_to(fd: int, hot: HotEntry) -> int:
+    """sendfile(2) of the entry to socket `fd`, whose transport has nothing buffered: the
+    bytes the kernel took right away."""
     try:
-        return os.sendfile(sock.fileno(), hot.fd, 0, hot.size)
+        return os.sendfile(fd, hot.fd, 0, hot.size)
     except (BlockingIOError, InterruptedError):
         return 0
     except OSError:  # the peer went away: the transport will report it
