@@ -42,10 +42,10 @@ async def test_tls_hits_through_the_front_door_arrive_whole(tmp_path: Path) -> N
         assert edge.url.startswith("https://")
         for expect in ("MISS", "HIT", "HIT", "HIT"):
             # A session per request: a connection of its own, whose first request is a hit.
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
-                async with s.get(edge.url + path) as r:
-                    assert (r.status, r.headers["X-Cache"]) == (200, expect)
-                    got = await r.read()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s, \
+                    s.get(edge.url + path) as r:
+                assert (r.status, r.headers["X-Cache"]) == (200, expect)
+                got = await r.read()
             assert content_id(got) == content_id(body)
         stats = await _stats(edge.url, aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx)))
@@ -77,7 +77,7 @@ async def test_a_purge_reaches_connections_the_front_door_holds(tmp_path: Path) 
 
 
 async def test_idle_connections_close_after_idle_timeout(tmp_path: Path) -> None:
-    [(path, body)] = await seed(tmp_path, 5_000)
+    [(path, _)] = await seed(tmp_path, 5_000)
     edge = await start_edge(edge_config(tmp_path, "front_door = true\nidle_timeout = 1"))
     try:
         async with Polite(edge.url) as warm:
@@ -97,7 +97,7 @@ async def test_idle_connections_close_after_idle_timeout(tmp_path: Path) -> None
 
 
 async def test_sigterm_closes_idle_front_door_connections_and_exits(tmp_path: Path) -> None:
-    [(path, body)] = await seed(tmp_path, 5_000)
+    [(path, _)] = await seed(tmp_path, 5_000)
     edge = await start_edge(edge_config(tmp_path, "front_door = true"))
     async with Polite(edge.url) as warm:
         await warm.get(path)
@@ -110,7 +110,7 @@ async def test_sigterm_closes_idle_front_door_connections_and_exits(tmp_path: Pa
 
 
 async def test_access_log_all_logs_front_door_hits(tmp_path: Path) -> None:
-    [(path, body)] = await seed(tmp_path, 5_000)
+    [(path, _)] = await seed(tmp_path, 5_000)
     config = edge_config(tmp_path, "front_door = true\naccess_log = \"all\"")
     config.write_text(config.read_text().replace('log_level = "warning"', 'log_level = "info"'))
     log = tmp_path / "edge.log"
