@@ -146,6 +146,9 @@ class FrontDoorProtocol(asyncio.Protocol):
         self.now = 0  # the second the current request is answered in (Date, Age)
         self.timer: asyncio.TimerHandle | None = None
         self.sock: socket.socket | None = None  # for sendfile(2); never on TLS
+        # Hits validated in the buffer, waiting for the client to read (offsets in buf).
+        self.pending: list[tuple[int, HotEntry, bytes]] = []
+        self.answered = 0
 
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,7 +221,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         self.begun += 1
 
     def on_url(self, url: bytes) -> None:
-        self.url = url
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
@@ -236,38 +239,71 @@ class FrontDoorProtocol(asyncio.Protocol):
         return self.sending is not None or self.write_paused
 
     def _serve(self) -> None:
-        """Answer the complete requests in the buffer if every one is a plain hot hit;
-        otherwise aiohttp takes the connection, buffer and all. All or nothing, because
-        aiohttp parses a read as a whole: a bad request in it discards the good ones before
-        it (one 400 answers the read), so the front door must not have answered those."""
+        """Answer what the buffer asks, or hand the connection to aiohttp."""
+        while True:
+            if not self.pending:
+                if not self._validate():
+                    return  # aiohttp's now
+                if not self.pending:
+                    break  # nothing complete yet
+            if not self._answer_pending():
+                return  # the client must read first, or aiohttp's now
+            # All answered: what arrived meanwhile is validated next.
+        if not self.buf and (self.eof or self.close_after):
+            self._close()
+
+    def _validate(self) -> bool:
+        """Queue the complete requests in the buffer if every one is a plain hot hit;
+        otherwise aiohttp takes the connection, buffer and all (False). All or nothing,
+        because aiohttp parses a read as a whole: a bad request in it discards the good
+        ones before it (one 400 answers the read), so the front door must not have
+        answered those."""
         buf, lookup = self.buf, self.door.lookup
         now = int(time.time())
         lookup.catch_up()  # purges by other workers or the follower, first
-        hits: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
+        pending: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
         pos = 0
         while (end := buf.find(HEAD_END, pos)) >= 0:
             end += 4
             hot = self._parse(buf[pos:end], now) if end - pos <= MAX_HEAD else None
             if hot is None:
                 self._hand_over()
-                return
-            hits.append((end, hot, self.url))
+                return False
+            pending.append((end, hot, self.url))
             pos = end
         if len(buf) - pos > MAX_HEAD or (self.eof and pos < len(buf)):
             self._hand_over()  # aiohttp's to judge (and to answer or not)
-            return
-        self.now = now
-        done = 0
-        for end, hot, path in hits:
+            return False
+        self.pending, self.answered = pending, 0
+        return True
+
+    def _answer_pending(self) -> bool:
+        """Answer the queued hits in order; False if the client must read first or
+        aiohttp took the connection. Validated once: a client that pipelines thousands of
+        requests and reads slowly costs one parse per request, not one per wait."""
+        lookup = self.door.lookup
+        self.now = now = int(time.time())
+        resumed = self.answered > 0
+        if resumed:
+            lookup.catch_up()  # the client took its time: purges may have come
+        pending = self.pending
+        done = pending[self.answered - 1][0] if resumed else 0  # answered up to here
+        for i in range(self.answered, len(pending)):
+            end, hot, path = pending[i]
+            if resumed and (hot.retired or lookup.find(hot.key, now) is not hot):
+                # Purged or evicted while the client was reading: aiohttp answers from
+                # here on (a miss or a disk hit), in order.
+                self.buf, self.pending, self.answered = self.buf[done:], [], 0
+                self._hand_over()
+                return False
             self._answer(hot, path)
             done = end
-            if self._blocked():  # the rest is looked up again once the client read
-                self.buf = buf[done:]
+            if self._blocked():
+                self.answered = i + 1
                 self._block_reading()
-                return
-        self.buf = buf[done:]
-        if not self.buf and (self.eof or self.close_after):
-            self._close()
+                return False
+        self.buf, self.pending, self.answered = self.buf[done:], [], 0
+        return True
 
     def _parse(self, head: bytes, now: int) -> HotEntry | None:
         self.names.clear()
@@ -392,7 +428,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         if self.inner is not None or self.transport is None or self.transport.is_closing():
             return
         now = self.loop.time()
-        if self.sending is None and now >= self.deadline:
+        if not self._blocked() and now >= self.deadline:  # else send_timeout's business
             self.transport.close()
             return
         self.timer = self.loop.call_at(max(self.deadline, now + 1.0), self._idle)

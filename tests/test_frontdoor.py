@@ -16,7 +16,7 @@ from common.hashing import content_id
 from tests.certs import CertAuthority
 from tests.helpers import ADMIN
 from tests.topology import MEDIACDN, ROOT, Service, env
-from tests.wire import Polite, address, edge_config, seed, start_edge
+from tests.wire import Polite, address, edge_config, read_response, seed, start_edge
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,3 +137,35 @@ async def test_access_log_all_logs_front_door_hits(tmp_path: Path) -> None:
     assert len(hits) == 1, lines
     assert hits[0]["msg"] == f"GET {path} -> 200 HIT"
     assert (hits[0]["status"], hits[0]["bytes"], hits[0]["remote"]) == (200, 5_000, "127.0.0.1")
+
+
+async def test_a_slow_reader_of_pipelined_hits_gets_them_all_in_order_and_sees_a_purge(
+        tmp_path: Path) -> None:
+    [(path, body)] = await seed(tmp_path, 20_000)
+    edge = await start_edge(edge_config(
+        tmp_path, "front_door = true\nconnection_buffer_bytes = 16384"))
+    try:
+        async with Polite(edge.url) as warm:
+            assert (await warm.get(path))[1]["x-cache"] == "MISS"
+        count = 1000  # 20 MB of answers: far more than the socket buffers hold
+        caches = []
+        async with Polite(edge.url, rcvbuf=32768) as client:
+            client.writer.write(f"GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode() * count)
+            async with asyncio.timeout(60):
+                for i in range(count):
+                    status, headers, got = await read_response(client.reader)
+                    assert (status, got) == ("HTTP/1.1 200 OK", body), i
+                    caches.append(headers["x-cache"])
+                    if i == 20:
+                        async with aiohttp.ClientSession() as s, s.post(
+                                edge.url + "/_admin/purge", json={"ids": [path.split("/")[2]]},
+                                headers=ADMIN) as r:
+                            assert r.status == 200
+        # Hits, until the front door, resuming after the purge, finds the entry gone and
+        # hands over to aiohttp: one miss (a new fill), then hits again.
+        miss = caches.index("MISS")
+        assert miss > 20 and caches[:miss] == ["HIT"] * miss, caches[:40]
+        assert set(caches[miss + 1:]) == {"HIT"}
+        assert miss <= (await _stats(edge.url))["front_door_hits"] < count
+    finally:
+        assert await edge.stop() == 0
