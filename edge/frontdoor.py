@@ -248,6 +248,8 @@ class FrontDoorProtocol(asyncio.Protocol):
                     break  # nothing complete yet
             if not self._answer_pending():
                 return  # the client must read first, or aiohttp's now
+            if not self.buf:
+                break
             # All answered: what arrived meanwhile is validated next.
         if not self.buf and (self.eof or self.close_after):
             self._close()
@@ -259,13 +261,14 @@ class FrontDoorProtocol(asyncio.Protocol):
         ones before it (one 400 answers the read), so the front door must not have
         answered those."""
         buf, lookup = self.buf, self.door.lookup
-        now = int(time.time())
+        self.now = now = int(time.time())
         lookup.catch_up()  # purges by other workers or the follower, first
         pending: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
-        pos = 0
+        pos, size = 0, len(buf)
         while (end := buf.find(HEAD_END, pos)) >= 0:
             end += 4
-            hot = self._parse(buf[pos:end], now) if end - pos <= MAX_HEAD else None
+            head = buf if end == size and pos == 0 else buf[pos:end]
+            hot = self._parse(head, now) if end - pos <= MAX_HEAD else None
             if hot is None:
                 self._hand_over()
                 return False
@@ -281,10 +284,10 @@ class FrontDoorProtocol(asyncio.Protocol):
         """Answer the queued hits in order; False if the client must read first or
         aiohttp took the connection. Validated once: a client that pipelines thousands of
         requests and reads slowly costs one parse per request, not one per wait."""
-        lookup = self.door.lookup
-        self.now = now = int(time.time())
+        lookup, now = self.door.lookup, self.now
         resumed = self.answered > 0
         if resumed:
+            self.now = now = int(time.time())
             lookup.catch_up()  # the client took its time: purges may have come
         pending = self.pending
         done = pending[self.answered - 1][0] if resumed else 0  # answered up to here

@@ -220,7 +220,7 @@ def start_bare(kind: str, static: Path, cpus: str) -> tuple[subprocess.Popen[byt
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_varnish(tmp: Path, backend_port: int, cpus: str
+def start_varnish(tmp: Path, backend_port: int, cpus: str, probe: str
                   ) -> tuple[subprocess.Popen[bytes] | None, str, str]:
     """Varnish (malloc storage) in front of nginx; (process, URL, why not) ."""
     if shutil.which("varnishd") is None:
@@ -238,7 +238,7 @@ sub vcl_backend_response {{ set beresp.ttl = 1h; }}
                              "-s", "malloc,512m", "-p", "thread_pools=1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_http(f"http://127.0.0.1:{port}/", 20)
+        wait_http(f"http://127.0.0.1:{port}{probe}", 20)
     except RuntimeError:
         proc.kill()
         _, err = proc.communicate(timeout=5)
@@ -307,7 +307,7 @@ def main() -> int:
             nginx_base = f"http://127.0.0.1:{nginx_port}"
             wait_http(nginx_base + paths[0])
             rows["nginx (1 worker, sendfile)"] = measure(nginx.pid, nginx_base, *wrk, "1")
-            varnish, vbase, why = start_varnish(tmp, nginx_port, "0")
+            varnish, vbase, why = start_varnish(tmp, nginx_port, "0", paths[0])
             if varnish is None:
                 rows["varnish 7 (malloc, before nginx)"] = Row(None, float("nan"), why)
             else:
