@@ -163,6 +163,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # as aiohttp does
             # On TLS the socket carries ciphertext: never sendfile(2) to it.
             self.sock = None if self.tls else sock
         self.deadline = self.loop.time() + self.idle_timeout
