@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from common.auth import KEY_USED
 from common.forwarded import client_address
 from common.problem import Handler
 from config.schema import Network
@@ -37,7 +38,10 @@ async def _logged(request: web.Request, handler: Handler,
         raise
     finally:
         if log.isEnabledFor(logging.INFO):
-            log.info("%s %s %d", request.method, request.path, status, extra={
-                "method": request.method, "path": request.path, "status": status,
-                "ms": round((time.perf_counter() - t0) * 1000, 2),
-                "remote": client_address(request, trusted)})
+            # The key's name, never its value: which client, and whether a revoked one.
+            key = request.get(KEY_USED)
+            log.info("%s %s %d%s", request.method, request.path, status,
+                     f" key={key}" if key else "", extra={
+                         "method": request.method, "path": request.path, "status": status,
+                         "ms": round((time.perf_counter() - t0) * 1000, 2),
+                         "remote": client_address(request, trusted), "key": key})

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Protocol
@@ -14,9 +15,10 @@ from typing import Protocol
 from aiohttp import web
 
 from common import tls
+from common.auth import KEYRING
 from common.backpressure import drop_stalled_clients
 from common.errors import ConfigError
-from config.schema import PLAIN, Listener
+from config.schema import PLAIN, Listener, Secrets
 
 log = logging.getLogger("mediacdn.serve")
 
@@ -63,13 +65,29 @@ def config_key(service: str, name: str) -> str:
     return f"edges.{name}" if service == "edge" else service
 
 
+def _on_hangup(app: web.Application, ssl_ctx: ssl.SSLContext | None, listener: Listener,
+               reload_secrets: Callable[[], Secrets] | None) -> None:
+    log.info("SIGHUP: reloading%s%s", " the TLS certificate" if ssl_ctx else "",
+             " the keys" if reload_secrets else "")
+    if ssl_ctx is not None:
+        # On the loop, not a thread: two small PEM reads, and OpenSSL must not swap the
+        # context's certificate while a handshake on this loop is reading it.
+        tls.reload(ssl_ctx, listener)
+    ring = app.get(KEYRING)
+    if reload_secrets is not None and ring is not None:
+        ring.reload_soon(reload_secrets)
+
+
 async def serve(app: web.Application, *, service: str, name: str, host: str, port: int,
                 sock: socket.socket | None = None, reuse_port: bool = False,
                 shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT,
                 send_timeout: float | None = None, listener: Listener = PLAIN,
+                reload_secrets: Callable[[], Secrets] | None = None,
                 front: Front | None = None) -> None:
     """`send_timeout`: drop connections whose client takes nothing for that long.
     `listener`: TLS (reloaded on SIGHUP) and the admin listener, when configured.
+    `reload_secrets`: reads the keys again (the config file, the key files) on SIGHUP, into
+    the app's KeyRing; a bad result is logged and the old keys kept.
     `front`: in front of aiohttp on the main listener (not the admin one)."""
     key = config_key(service, name)
     ssl_ctx = tls.server_context(listener, key)
@@ -80,10 +98,8 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if ssl_ctx is not None:
-        # On the loop, not a thread: two small PEM reads, and OpenSSL must not swap the
-        # context's certificate while a handshake on this loop is reading it.
-        loop.add_signal_handler(signal.SIGHUP, tls.reload, ssl_ctx, listener)
+    # Always ours: SIGHUP's default action would kill the process, connections and all.
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, ssl_ctx, listener, reload_secrets)
     await runner.setup()
     front_server: asyncio.Server | None = None
     try:

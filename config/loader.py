@@ -7,16 +7,20 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from config.schema import (
     FORMATS,
+    KEY_KINDS,
     PLAIN,
     Config,
     EdgeNode,
     EdgeSettings,
     IngestConfig,
+    KeyKind,
     Listener,
+    NamedKey,
     Network,
     OriginConfig,
     Region,
@@ -98,6 +102,15 @@ def _env_name(t: Table, name: str, default: str) -> str:
     return value
 
 
+SECRET_MIN_CHARS = 16
+# Today's single-key settings, each standing for one key of its kind when that kind's
+# array of tables is absent.
+LEGACY_KEYS: dict[KeyKind, str] = {"api_keys": "api_key_env", "admin_tokens": "admin_token_env",
+                                   "signing_keys": "signing_key_envs"}
+WHAT: dict[KeyKind, str] = {"api_keys": "upload API key", "admin_tokens": "admin token",
+                            "signing_keys": "transform signing key"}
+
+
 def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
     api_env = _env_name(t, "api_key_env", "MEDIACDN_API_KEY")
     admin_env = _env_name(t, "admin_token_env", "MEDIACDN_ADMIN_TOKEN")
@@ -106,19 +119,97 @@ def _secrets(t: Table, environ: Mapping[str, str]) -> Secrets:
         if not ENV_RE.fullmatch(env):
             raise ConfigError(t.key("signing_key_envs"),
                               f"is not an environment variable name: {env!r}")
+    named = {kind: _named_keys(t, kind, environ) for kind in KEY_KINDS}
     t.done()
-    signing_keys = tuple(v for v in (environ.get(e) for e in signing_envs) if v)
-    for env in signing_envs:
-        if environ.get(env) and len(environ[env]) < 16:
-            raise ConfigError(env, "secret must be at least 16 characters")
-    api_key = environ.get(api_env) or None
-    admin_token = environ.get(admin_env) or None
-    for env, value in ((api_env, api_key), (admin_env, admin_token)):
-        if value is not None and len(value) < 16:
-            raise ConfigError(env, "secret must be at least 16 characters")
-    if api_key is not None and api_key == admin_token:
-        raise ConfigError(admin_env, "must differ from the upload API key")
-    return Secrets(api_env, admin_env, api_key, admin_token, signing_envs, signing_keys)
+    legacy = {"api_keys": (api_env,), "admin_tokens": (admin_env,), "signing_keys": signing_envs}
+    chosen: dict[KeyKind, tuple[NamedKey, ...]] = {}
+    for kind in KEY_KINDS:
+        keys = named[kind]
+        if keys is not None and t.has(LEGACY_KEYS[kind]):
+            raise ConfigError(t.key(kind), f"replaces {t.key(LEGACY_KEYS[kind])}: set one "
+                              "or the other (name the old variable in an entry: env = ...)")
+        # Unset signing keys are allowed as before: transforms are then refused.
+        chosen[kind] = keys if keys is not None else tuple(
+            _from_env(env, env, env, environ, required=kind != "signing_keys")
+            for env in legacy[kind])
+    secrets = Secrets(**chosen)
+    _check_values(secrets)
+    return secrets
+
+
+def _named_keys(t: Table, kind: KeyKind,
+                environ: Mapping[str, str]) -> tuple[NamedKey, ...] | None:
+    """`[[secrets.<kind>]]`: name, env or file, enabled. None when the array is absent."""
+    present = t.has(kind)
+    keys: list[NamedKey] = []
+    for s in t.tables(kind, []):
+        name = s.text("name")
+        if not NAME_RE.fullmatch(name):
+            raise ConfigError(s.key("name"), f"must match {NAME_RE.pattern}: {name!r}")
+        if any(k.name == name for k in keys):
+            raise ConfigError(s.key("name"), f"duplicate name {name!r} in {t.key(kind)}")
+        env, file = s.text("env", None), s.text("file", None)
+        enabled = s.flag("enabled", True)
+        s.done()
+        if (env is None) == (file is None):
+            raise ConfigError(s.key("env"), "set exactly one of env (a variable) or file")
+        if env is not None:
+            if not ENV_RE.fullmatch(env):
+                raise ConfigError(s.key("env"), f"is not an environment variable name: {env!r}")
+            keys.append(_from_env(name, env, s.path, environ, enabled=enabled))
+        else:
+            keys.append(_from_file(name, Path(file), s.path, enabled))
+    return tuple(keys) if present else None
+
+
+def _from_env(name: str, env: str, where: str, environ: Mapping[str, str], *,
+              enabled: bool = True, required: bool = True) -> NamedKey:
+    value = environ.get(env) or None
+    return NamedKey(name, f"env {env}", where, value, enabled,
+                    "" if value else f"{env} is not set", env, required)
+
+
+def _from_file(name: str, path: Path, where: str, enabled: bool) -> NamedKey:
+    """A file (a Kubernetes Secret volume, say) can bring a new key to a running process;
+    an environment variable cannot. Surrounding whitespace (a final newline) is not part
+    of the key."""
+    value: str | None = None
+    try:
+        value = path.read_text(encoding="utf-8").strip() or None
+        problem = "" if value else f"file {path} is empty"
+    except FileNotFoundError:
+        problem = f"file {path} does not exist"
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    return NamedKey(name, f"file {path}", where, value, enabled, problem)
+
+
+def _check_values(secrets: Secrets) -> None:
+    for kind in KEY_KINDS:
+        for k in secrets.usable(kind):
+            if len(k.value or "") < SECRET_MIN_CHARS:
+                raise ConfigError(k.config_key, f"secret must be at least {SECRET_MIN_CHARS} "
+                                  f"characters ({k.name}, {k.source})")
+    api = {k.value for k in secrets.usable("api_keys")}
+    for k in secrets.usable("admin_tokens"):
+        if k.value in api:
+            raise ConfigError(k.config_key, "must differ from the upload API key")
+
+
+def check_secrets(secrets: Secrets, need: tuple[KeyKind, ...],
+                  check: tuple[KeyKind, ...] = ()) -> Secrets:
+    """What a service verifies at start and on every reload: each enabled key of the kinds
+    it uses has a value, and it has at least one usable key of each kind it `need`s."""
+    for kind in (*need, *check):
+        for k in secrets.of(kind):
+            if k.enabled and k.required and k.value is None:
+                what = f"is not set (the {WHAT[kind]})" if k.name == k.env else (
+                    f"{k.name!r}: {k.problem}")
+                raise ConfigError(k.config_key, what)
+    for kind in need:
+        if not secrets.usable(kind):
+            raise ConfigError(f"secrets.{kind}", f"no enabled {WHAT[kind]}: enable one")
+    return secrets
 
 
 def _origin(t: Table, environ: Mapping[str, str]) -> OriginConfig:
@@ -174,9 +265,21 @@ def _ingest(t: Table) -> IngestConfig:
         purge_ack_seconds=t.number("purge_ack_seconds", 5.0, lo=0.0),
         log_poll_seconds=t.number("log_poll_seconds", 1.0, lo=0.05),
         origin_deadline_seconds=t.number("origin_deadline_seconds", 10.0, lo=0.1),
+        peers=_peers(t, listener),
     )
     t.done()
     return cfg
+
+
+def _peers(t: Table, listener: Listener) -> tuple[str, ...]:
+    scheme = listener.admin_url.split("://", 1)[0]
+    peers = tuple(u.rstrip("/") for u in t.texts("peers", []))
+    for url in peers:
+        parts = urlsplit(url)
+        if parts.scheme != scheme or not parts.hostname or parts.path:
+            raise ConfigError(t.key("peers"), f"{url!r}: each is a replica's admin URL, "
+                              f"{scheme}://HOST:PORT")
+    return peers
 
 
 def _variant(t: Table) -> Variant:
@@ -255,6 +358,7 @@ def _edge_settings(t: Table) -> tuple[EdgeSettings, Listener]:
         negative_ttl=t.number("negative_ttl", 10.0),
         origin_timeout=t.number("origin_timeout", 5.0, lo=0.05),
         purge_poll_seconds=t.number("purge_poll_seconds", 10.0, lo=0.05),
+        origin_probe_seconds=t.number("origin_probe_seconds", 60.0, lo=0.5),
         purge_follow_seconds=t.number("purge_follow_seconds", 20.0, lo=0.1),
         purge_retention_seconds=t.number("purge_retention_seconds", 7 * 86400.0, lo=1.0),
         workers=t.integer("workers", 1, lo=1, hi=64),

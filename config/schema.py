@@ -32,15 +32,67 @@ class Listener:
 PLAIN = Listener()  # plain HTTP, no admin listener, no trusted proxies
 
 
+KeyKind = Literal["api_keys", "admin_tokens", "signing_keys"]
+KEY_KINDS: tuple[KeyKind, ...] = ("api_keys", "admin_tokens", "signing_keys")
+
+
+@dataclass(frozen=True)
+class NamedKey:
+    """One secret by name: logs and errors say `name` and `source`, never `value`."""
+
+    name: str
+    source: str  # "env MEDIACDN_API_KEY" or "file /run/secrets/api-key"
+    config_key: str  # where it is configured: "secrets.api_keys[0]", "secrets.api_key_env"
+    value: str | None = field(default=None, repr=False)  # None: see `problem`
+    enabled: bool = True  # false: revoked (refused; its value is not even needed)
+    problem: str = ""  # why there is no value: "is not set", "cannot be read: ..."
+    env: str | None = None  # the environment variable, when it comes from one
+    required: bool = True  # False: legacy signing_key_envs, unset means "not in use"
+
+    @property
+    def usable(self) -> bool:
+        return self.enabled and self.value is not None
+
+
 @dataclass(frozen=True)
 class Secrets:
-    api_key_env: str
-    admin_token_env: str
-    api_key: str | None
-    admin_token: str | None
-    # Signed transforms: every key named is valid at once (rotation); none set: refused.
-    signing_key_envs: tuple[str, ...] = ("MEDIACDN_SIGNING_KEY",)
-    signing_keys: tuple[str, ...] = ()
+    """Every named key of each kind, in config order. A service checks against all usable
+    ones; mediacdn's own clients (edge to ingest, the CLI) send the first usable one."""
+
+    api_keys: tuple[NamedKey, ...] = ()
+    admin_tokens: tuple[NamedKey, ...] = ()
+    signing_keys: tuple[NamedKey, ...] = ()
+
+    def of(self, kind: KeyKind) -> tuple[NamedKey, ...]:
+        keys: tuple[NamedKey, ...] = getattr(self, kind)
+        return keys
+
+    def usable(self, kind: KeyKind) -> tuple[NamedKey, ...]:
+        return tuple(k for k in self.of(kind) if k.usable)
+
+    def first(self, kind: KeyKind) -> NamedKey | None:
+        return next(iter(self.usable(kind)), None)
+
+    @property
+    def api_key(self) -> str | None:
+        k = self.first("api_keys")
+        return k.value if k else None
+
+    @property
+    def admin_token(self) -> str | None:
+        k = self.first("admin_tokens")
+        return k.value if k else None
+
+    @property
+    def signing_values(self) -> tuple[str, ...]:
+        return tuple(k.value for k in self.usable("signing_keys") if k.value is not None)
+
+    def unset_hint(self, kind: KeyKind) -> str:
+        """What to set when no key of `kind` is usable, e.g. "MEDIACDN_ADMIN_TOKEN"."""
+        enabled = [k for k in self.of(kind) if k.enabled]
+        if not enabled:
+            return f"an enabled key in secrets.{kind}"
+        return ", ".join(k.env or f"{k.config_key} ({k.source})" for k in enabled)
 
 
 @dataclass(frozen=True)
@@ -122,6 +174,9 @@ class IngestConfig:
     log_poll_seconds: float  # how often ingest re-reads the purge log at the origin
     origin_deadline_seconds: float  # overall, per upload phase that talks to the origin
     listener: Listener = field(default_factory=Listener)
+    # Every ingest replica's admin URL (a name resolving to several addresses: each one): a
+    # purge answered by one replica waits for the edges following the others too.
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,8 +190,11 @@ class EdgeSettings:
     negative_ttl: float
     origin_timeout: float
     purge_poll_seconds: float  # polling the origin's log: only while ingest is unreachable
-    purge_follow_seconds: float  # one long-poll to ingest's log stream waits this long
+    purge_follow_seconds: float  # the purge stream's heartbeat: a silent ingest is left
     purge_retention_seconds: float
+    # While the origin answers: probe it only if nothing (a fill, a probe) proved it for this
+    # long. 1,000 idle edges probing every 5 s were 200 requests/s for nothing.
+    origin_probe_seconds: float
     workers: int
     access_log: str  # "all", or "misses" (misses and errors only: a line per hit costs)
     cors_allow_origin: str  # "*" (default), one origin, or "" for no CORS headers

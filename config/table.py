@@ -18,6 +18,10 @@ class Table:
         self._path = path
         self._seen: set[str] = set()
 
+    @property
+    def path(self) -> str:
+        return self._path
+
     def key(self, name: str) -> str:
         return f"{self._path}.{name}" if self._path else name
 

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.auth import KEYRING, KeyRing
 from common.backpressure import SendLimits
 from common.errors import MediaCDNError, NotFound
 from common.ops import add_ops_routes
@@ -46,6 +47,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     # media handler renders its own errors, so a hit pays for no middleware at all.
     app = web.Application(client_max_size=1 << 20)
     app[CONFIG], app[NODE], app[TRANSCODE] = cfg, node, cfg.transcode
+    keys = app[KEYRING] = KeyRing(cfg.secrets)  # swapped whole on SIGHUP (common/serve.py)
     run = run if run is not None else secrets.randbits(62) + 1
     stats = EdgeStats()
     app[STATS] = stats
@@ -64,7 +66,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
             connector=aiohttp.TCPConnector(limit=64, ssl=client_context(cfg.tls_ca)),
             auto_decompress=False
         ) as session:
-            cache = EdgeCache(cfg, node, origin, stats, worker)
+            cache = EdgeCache(cfg, node, origin, stats, worker, keys)
             cache.session = session
             cache.fetch_seconds = register(
                 registry, cache.totals, cache.responses,
@@ -74,9 +76,10 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
             tasks = [asyncio.create_task(_housekeeping_forever(cache))]
             if worker == 0:  # one follower per node; the other workers read its journal
                 follower = Follower(cache, FollowerSettings(
-                    node.name, node.region, cfg.ingest.listener.admin_url, cfg.secrets.admin_token,
+                    node.name, node.region, cfg.ingest.listener.admin_url, keys,
                     cfg.edge.purge_follow_seconds, cfg.edge.purge_poll_seconds,
-                    cfg.edge.origin_timeout), node.cache_dir / "purge.cursor", session, run)
+                    cfg.edge.origin_timeout, cfg.edge.origin_probe_seconds),
+                    node.cache_dir / "purge.cursor", session, run)
                 app[FOLLOWER] = follower
                 # What a previous run last saw of the origin says nothing now.
                 await follower.probe_origin()
@@ -115,7 +118,7 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
     app.router.add_get("/i/{id}/{name}", media.handle)
     app.router.add_route("*", "/i/{id}/{name}",
                          handlers.Preflight(cfg.edge.cors_allow_origin).handle)
-    transforms = TransformHandler(media, cfg)
+    transforms = TransformHandler(media, cfg, keys)
     app.router.add_get("/i/{id}/t/{sig}/{spec}", transforms.handle)
     app.router.add_get(r"/i/{id}/t/{tail:[\s\S]*}", transforms.unsigned)
     guard = admin_guard(node.listener)

@@ -28,7 +28,7 @@ log = logging.getLogger("mediacdn.edge.deriving")
 
 class Deriving:
     def __init__(self, inner: Upstream, origin: Origin, ingest_url: str,
-                 admin_token: str | None,
+                 admin_token: Callable[[], str | None],  # the current one: keys reload
                  body_for: Callable[[str], dict[str, str] | None],
                  session: Callable[[], aiohttp.ClientSession | None]) -> None:
         self.inner, self.origin = inner, origin
@@ -41,7 +41,7 @@ class Deriving:
             return await self.inner.fetch(key, deadline)
         except NotFound:
             session, body = self.session(), self.body_for(key)
-            if session is None or self.admin_token is None or body is None:
+            if session is None or self.admin_token() is None or body is None:
                 raise
         await self._image_exists(key, deadline)
         await self._ask_ingest(session, key, body, deadline)
@@ -61,7 +61,7 @@ class Deriving:
         url = f"{self.ingest_url}/_internal/derive/{key}"
         try:
             async with asyncio.timeout_at(deadline), session.post(
-                    url, json=body, headers={"Authorization": f"Bearer {self.admin_token}"}
+                    url, json=body, headers={"Authorization": f"Bearer {self.admin_token()}"}
             ) as r:
                 await r.read()
                 status, retry = r.status, r.headers.get("Retry-After", "60")

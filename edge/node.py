@@ -18,6 +18,7 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client import Histogram
 
+from common.auth import KeyRing
 from common.errors import NotFound, OriginTimeout, OriginUnavailable
 from common.transform import TRANSFORM_PREFIX
 from common.variants import derivable
@@ -59,8 +60,9 @@ def open_disk_tier(directory: Path, size_limit: int) -> DiskTier:
 
 class EdgeCache:
     def __init__(self, cfg: Config, node: EdgeNode, origin: Origin, stats: EdgeStats,
-                 worker: int = 0) -> None:
+                 worker: int = 0, keys: KeyRing | None = None) -> None:
         self.cfg, self.node, self.origin, self.stats = cfg, node, origin, stats
+        self.keys = keys if keys is not None else KeyRing(cfg.secrets)  # the app's, swapped
         region = cfg.region(node.region)
         assert region is not None  # the loader checked it
         self.region_edges = region.edges
@@ -93,7 +95,7 @@ class EdgeCache:
     def _remembering(self, inner: Upstream) -> Remembering:
         # Ingest's /_internal/derive is on its admin listener when it has one.
         deriving = Deriving(inner, self.origin, self.cfg.ingest.listener.admin_url,
-                            self.cfg.secrets.admin_token, self._derive_body,
+                            self.keys.admin_token, self._derive_body,
                             lambda: self._session)
         return Remembering(deriving, self.store, self._remember_missing,
                            lambda: self.invalidation.token())
@@ -192,8 +194,9 @@ class EdgeCache:
         return entry, False
 
     def _origin_seen(self, state: int) -> None:
-        if self.journal.origin_state()[0] != state:
-            self.journal.set_origin_state(state, int(time.time()))
+        # Each time (two words of shared memory): a fill that proves the origin spares the
+        # follower its probe.
+        self.journal.set_origin_state(state, int(time.time()))
 
     def owner_of(self, key: str) -> EdgeNode:
         return owner(self.region_edges, key.split("/", 1)[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common.auth import KeyRing
 from common.errors import BadRequest, Forbidden, NotFound
 from common.hashing import ID_RE
 from common.problem import from_error
@@ -17,8 +18,8 @@ from edge.paths import KNOWN_EXTS, Target
 
 
 class TransformHandler:
-    def __init__(self, media: MediaHandler, cfg: Config) -> None:
-        self.media, self.cfg = media, cfg
+    def __init__(self, media: MediaHandler, cfg: Config, keys: KeyRing) -> None:
+        self.media, self.cfg, self.keys = media, cfg, keys
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cache = self.media.cache
@@ -37,7 +38,7 @@ class TransformHandler:
         info = request.match_info
         image_id, sig = info["id"], info["sig"]
         spec, dot, ext = info["spec"].rpartition(".")
-        keys = self.cfg.secrets.signing_keys
+        keys = self.keys.secrets.signing_values  # the current ones: SIGHUP swaps them
         if not dot or not keys or not verify(keys, image_id, spec, ext, sig):
             raise Forbidden("missing or wrong signature: sign '{id}/{spec}.{ext}' with "
                             "HMAC-SHA256 (see docs/api.md)")

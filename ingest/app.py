@@ -7,17 +7,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.access import access_log
+from common.auth import KEYRING, KeyRing
 from common.errors import MediaCDNError
 from common.ops import add_ops_routes
 from common.problem import problem_middleware
 from common.surface import admin_guard, identify
+from common.tls import client_context
 from config.schema import Config
 from ingest import derive, handlers, purges, reprocess
-from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, POOL, IngestMetrics
+from ingest.keys import CONFIG, HUB, METRICS, ORIGIN, PEERS, POOL, IngestMetrics
+from ingest.peers import Peers
 from ingest.purgehub import PurgeHub
 from ingest.spooldir import SPOOL_DIR, claim
 from origin import open_origin
@@ -51,6 +55,7 @@ def create_app(cfg: Config) -> web.Application:
                                        problem_middleware],
                           client_max_size=cfg.ingest.max_bytes)
     app[CONFIG] = cfg
+    app[KEYRING] = KeyRing(cfg.secrets)  # swapped whole on SIGHUP (common/serve.py)
     registry = CollectorRegistry()
     app[METRICS] = _metrics(registry)
 
@@ -94,10 +99,15 @@ def create_app(cfg: Config) -> web.Application:
                 await hub.load()  # else the poll loop loads it when the origin answers
         tasks = [asyncio.create_task(hub.poll_forever()),
                  asyncio.create_task(hub.compact_forever())]
-        yield
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with contextlib.AsyncExitStack() as stack:
+            if cfg.ingest.peers:
+                session = await stack.enter_async_context(aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=client_context(cfg.tls_ca))))
+                app[PEERS] = Peers(cfg.ingest.peers, app[KEYRING].admin_token, session)
+            yield
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     app.cleanup_ctx.extend([origin_ctx, spool_ctx, pool_ctx, hub_ctx])
     app.on_shutdown.append(_release_long_polls)

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.auth import require_bearer
+from common.auth import require
 from common.errors import (
     BadRequest,
     NotFound,
@@ -84,10 +84,7 @@ def add_routes(app: web.Application, admin: Callable[[Handler], Handler]) -> Non
 
 
 async def handle(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    if cfg.secrets.admin_token is None:
-        raise NotFound("no such route")  # never reachable without an admin token
-    require_bearer(request, cfg.secrets.admin_token, "admin token")
+    require(request, "admin_tokens", "admin token")
     image_id, name = request.match_info["id"], request.match_info["name"]
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from common.auth import require_bearer
+from common.auth import require
 from common.errors import (
     BadRequest,
     NotFound,
@@ -44,18 +44,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
 
 
-def _api_key(cfg: Config) -> str:
-    if cfg.secrets.api_key is None:  # refused at start; kept as a guard, never a default
-        raise ServiceUnavailable("no API key configured")
-    return cfg.secrets.api_key
-
-
-def _admin_token(cfg: Config) -> str:
-    if cfg.secrets.admin_token is None:
-        raise ServiceUnavailable("no admin token configured")
-    return cfg.secrets.admin_token
-
-
 def _image_id(request: web.Request) -> str:
     image_id = request.match_info["id"]
     if not is_content_id(image_id):
@@ -72,7 +60,7 @@ def _answer(cfg: Config, manifest: dict[str, Any], status: int) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     metrics = request.app[METRICS]
-    require_bearer(request, _api_key(cfg), "API key")
+    require(request, "api_keys", "API key")
     body = await read_upload(request, cfg.ingest.max_bytes, cfg.ingest.spool_bytes,
                              request.app[SPOOL_DIR].path)
     try:
@@ -150,8 +138,7 @@ async def get_manifest(request: web.Request) -> web.Response:
 
 
 async def head_image(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    require_bearer(request, _api_key(cfg), "API key")
+    require(request, "api_keys", "API key")
     image_id = _image_id(request)
     try:
         known = await load_manifest(request.app[ORIGIN], image_id) is not None

@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from config.schema import Config
+from ingest.peers import Peers
 from ingest.purgehub import PurgeHub
 from origin import Origin
 from transcode.pool import WorkerPool
@@ -26,3 +27,4 @@ ORIGIN = web.AppKey("origin", Origin)
 POOL = web.AppKey("pool", WorkerPool)
 METRICS = web.AppKey("metrics", IngestMetrics)
 HUB = web.AppKey("hub", PurgeHub)
+PEERS = web.AppKey("peers", Peers)  # set only when `ingest.peers` names other replicas

@@ -1,10 +1,12 @@
 """Ingest's side of invalidation: the only writer of the log, and the stream edges follow.
 
 - `append` claims the next sequence number at the origin (see `origin.purgelog`) and puts
-  the record in memory, where every follower's pending long-poll gets it at once.
-- Followers (one per edge node) long-poll `records_after(cursor)`; the cursor they send is
-  also their acknowledgement, so `wait_applied(seq)` can answer a purge or delete only
-  once every connected edge has applied it (or say which did not, in time).
+  the record in memory, from where it is pushed down every follower's stream at once.
+- Followers (one per edge node) hold one stream each (`feed`): records are pushed down it
+  as they land, and the follower sends back the cursor it has applied, so
+  `wait_applied(seq)` can answer a purge or delete only once every connected edge has
+  applied it (or say which did not, in time). A plain read (`records_after`, long-poll)
+  serves catch-up pages and simple clients; its cursor is an acknowledgement too.
 - The log is re-read at the origin every `poll_seconds` (one LIST, whatever the number of
   edges) for records other ingest replicas wrote; records older than the retention are
   compacted away (an edge that missed them drops its whole cache when it returns).
@@ -18,6 +20,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from common.errors import OriginUnavailable
@@ -27,6 +30,7 @@ from origin.purgelog import Kind, Record
 log = logging.getLogger("mediacdn.ingest.purges")
 KEEP_IN_MEMORY = 10_000
 MAX_PER_ANSWER = 1000
+MAX_IDS_PER_ANSWER = 20_000  # one answer stays a few MB however large the purges were
 BETWEEN_POLLS_SECONDS = 3.0
 RECHECK_SECONDS = 0.2  # how often a waiting purge notices a follower that went away
 OWES_ACK_SECONDS = 60.0
@@ -45,7 +49,7 @@ class FollowerState:
     region: str
     acked: int
     seen_at: float
-    transport: asyncio.BaseTransport | None = None  # of its pending long-poll
+    transport: asyncio.BaseTransport | None = None  # of its stream or pending long-poll
     delivered: int = 0  # the newest record handed to it
 
     def connected(self, now: float) -> bool:
@@ -72,7 +76,7 @@ class PurgeHub:
         self.last = 0  # the newest sequence number known, whether held in memory or not
         self.followers: dict[str, FollowerState] = {}
         self._write = asyncio.Lock()
-        # Replaced each time records arrive: every pending long-poll waits on this one.
+        # Replaced each time records arrive: every stream and pending long-poll waits on it.
         # Acks do not touch it (with 1,000 followers each ack waking every pending poll was
         # a million wake-ups per purge: scripts/bench/fanout.py).
         self._news = asyncio.Event()
@@ -257,8 +261,8 @@ class PurgeHub:
                     await self._news.wait()
 
     def close(self) -> None:
-        """Shutting down: pending long-polls answer now (their followers simply ask again,
-        elsewhere or later) instead of holding the drain for the whole wait."""
+        """Shutting down: streams close and pending long-polls answer now (their followers
+        simply ask again, elsewhere or later) instead of holding the drain."""
         self.closing = True
         self._notify()
 
@@ -266,12 +270,41 @@ class PurgeHub:
         if not self.tail or self.tail[0].seq > cursor + 1:
             raise Gone(f"records after {cursor} are not held in memory")
         first = self.tail[0].seq
-        out = []
+        out: list[Record] = []
+        ids = 0
         for i in range(cursor + 1 - first, len(self.tail)):
-            out.append(self.tail[i])
+            rec = self.tail[i]
+            ids += len(rec.ids)
+            if out and ids > MAX_IDS_PER_ANSWER:
+                break
+            out.append(rec)
             if len(out) >= MAX_PER_ANSWER:
                 break
         return out
+
+    async def feed(self, name: str, after: int,
+                   send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Push one follower's stream: what it lacks after `after` at once (an empty answer
+        when nothing, so it learns `last`), then each record as it lands, in order, until
+        shutdown. Raises Gone when its next record is no longer held in memory.
+
+        One task per stream, each waiting on the shared event: a follower that stops reading
+        stalls only its own task (its socket's buffer is bounded by the writer's drain), and
+        a record costs one wake-up and one write per follower, not a request cycle."""
+        sent = after
+        records = self._slice(sent) if sent < self.last else []
+        await send(self.answer(records, sent))
+        if records:
+            sent = records[-1].seq
+            self.delivered(name, sent)
+        while not self.closing:
+            if sent >= self.last:  # also: it knows more than we do; it reads the origin
+                await self._news.wait()
+                continue
+            records = self._slice(sent)
+            await send(self.answer(records, sent))
+            sent = records[-1].seq
+            self.delivered(name, sent)
 
     def poll_ended(self, name: str, transport: asyncio.BaseTransport | None) -> None:
         state = self.followers.get(name)
@@ -284,7 +317,8 @@ class PurgeHub:
                 if f.connected(now) and (region is None or f.region == region)]
 
     def answer(self, records: list[Record], cursor: int) -> bytes:
-        """The encoded long-poll answer: followers at one cursor share it (encoding it
+        """The encoded answer (a stream message or a long-poll's body): followers at one
+        cursor share it (encoding it
         once per follower was most of a purge's cost at 1,000 followers)."""
         key = (cursor, self.last)
         body = self._answers.get(key)
@@ -295,10 +329,13 @@ class PurgeHub:
                 self._answers[key] = body
         return body
 
-    async def wait_applied(self, rec: Record, limit: float) -> dict[str, bool]:
-        """Wait until every connected follower the record applies to has acknowledged it,
-        at most `limit` s. {node: applied}. Just after a start, configured edges that have
-        not reconnected yet are waited for too (they are not gone, we just restarted)."""
+    async def wait_applied(self, seq: int, region: str | None, limit: float,
+                           expect: bool = True) -> dict[str, bool]:
+        """Wait until every connected follower record `seq` (for `region`) applies to has
+        acknowledged it, at most `limit` s. {node: applied}. With `expect`, just after a
+        start, configured edges that have not reconnected yet are waited for too (they are
+        not gone, we just restarted); replicas asking each other leave that to the asker."""
+        rec = _Target(seq, region, expect)
         deadline = time.monotonic() + limit
         waiter = _Waiter(rec.seq, self._pending(rec))
         self._waiters.append(waiter)
@@ -319,16 +356,29 @@ class PurgeHub:
             self._waiters.remove(waiter)
         return self._status(rec)
 
-    def _status(self, rec: Record) -> dict[str, bool]:
+    def _status(self, rec: _Target) -> dict[str, bool]:
         status = {f.name: f.acked >= rec.seq for f in self.connected(rec.region)}
-        if time.monotonic() < self.warm_at:
-            for name, region in self.expected.items():
-                if rec.region in (None, region):
-                    status.setdefault(name, False)
+        if rec.expect:
+            for name in self.expected_now(rec.region):
+                status.setdefault(name, False)
         return status
 
-    def _pending(self, rec: Record) -> set[str]:
+    def expected_now(self, region: str | None) -> list[str]:
+        """Configured edges of `region` (None: all) still expected to reconnect after our
+        start."""
+        if time.monotonic() >= self.warm_at:
+            return []
+        return [name for name, r in self.expected.items() if region in (None, r)]
+
+    def _pending(self, rec: _Target) -> set[str]:
         return {name for name, ok in self._status(rec).items() if not ok}
+
+
+@dataclass(frozen=True)
+class _Target:
+    seq: int
+    region: str | None
+    expect: bool
 
 
 @dataclass

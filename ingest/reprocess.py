@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.auth import require_bearer
+from common.auth import require
 from common.errors import BadRequest, NotFound, OriginTimeout, OriginUnavailable
 from common.hashing import is_content_id
 from common.problem import Handler
@@ -46,9 +46,7 @@ def _wanted(cfg: TranscodeConfig, body: Any) -> list[str]:
 
 async def handle(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
-    if cfg.secrets.admin_token is None:
-        raise NotFound("no such route")
-    require_bearer(request, cfg.secrets.admin_token, "admin token")
+    require(request, "admin_tokens", "admin token")
     image_id = request.match_info["id"]
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")

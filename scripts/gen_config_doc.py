@@ -33,6 +33,8 @@ MINIMAL: dict[str, Any] = {
     "transcode": {"variants": [{"name": "v", "width": 1}]},
     "regions": [{"name": "r", "lat": 0.0, "lon": 0.0}],
     "edges": [{"name": "e", "region": "r", "port": 1}],
+    "secrets": {kind: [{"name": "k", "env": "K"}]
+                for kind in ("api_keys", "admin_tokens", "signing_keys")},
 }
 
 
@@ -85,6 +87,9 @@ def accepted_keys() -> list[Key]:
 SECTIONS = {
     "": "Top level",
     "secrets": "`[secrets]`: where the secrets are",
+    "secrets.api_keys[]": "`[[secrets.api_keys]]`: one per named upload API key",
+    "secrets.admin_tokens[]": "`[[secrets.admin_tokens]]`: one per named admin token",
+    "secrets.signing_keys[]": "`[[secrets.signing_keys]]`: one per named transform signing key",
     "origin": "`[origin]`: where originals, variants, manifests and the purge log live",
     "ingest": "`[ingest]`: the upload API",
     "transcode": "`[transcode]`: the ladder and its encoders",
@@ -98,9 +103,28 @@ SECTIONS = {
 # Meaning of each key, and where the default is derived from other keys, how.
 MEANING: dict[str, str] = {
     "log_level": "Log level of every service (JSON lines on stderr).",
-    "secrets.api_key_env": "Environment variable holding the upload API key (>= 16 chars).",
+    "secrets.api_key_env": "Environment variable holding the upload API key (>= 16 chars); "
+                           "a key named after the variable. Replaced by `api_keys` when "
+                           "that is given (both: refused).",
     "secrets.admin_token_env": "Environment variable holding the admin token (purge, delete, "
-                               "stats; >= 16 chars, not the API key).",
+                               "stats; >= 16 chars, not the API key). Replaced by "
+                               "`admin_tokens` when that is given.",
+    "secrets.api_keys": "Named upload API keys, every enabled one valid (rotation). "
+                        "SIGHUP reloads them; see docs/operations.md. Absent: "
+                        "`api_key_env` names the one key.",
+    "secrets.admin_tokens": "Named admin tokens, every enabled one valid; edges and the CLI "
+                            "send the first enabled one. Absent: `admin_token_env`.",
+    "secrets.signing_keys": "Named keys of signed transform URLs, every enabled one valid; "
+                            "`mediacdn sign` uses the first. Absent: `signing_key_envs`.",
+    "secrets.api_keys[].name": "The key's name, said in logs and errors (`key=NAME`), never "
+                               "its value; unique in its list.",
+    "secrets.api_keys[].env": "Environment variable holding the key (>= 16 chars). Exactly one "
+                              "of `env` and `file`.",
+    "secrets.api_keys[].file": "File holding the key (whitespace around it dropped): a new "
+                               "file (a Kubernetes Secret volume) is read on SIGHUP, a "
+                               "variable cannot change in a running process.",
+    "secrets.api_keys[].enabled": "`false`: revoked (401/403 from the next reload on), its "
+                                  "value no longer needed.",
     "origin.kind": "`fs`: a directory (one host, or one shared volume); `s3`: an "
                    "S3-compatible bucket.",
     "origin.path": "Directory of the `fs` origin.",
@@ -156,8 +180,12 @@ MEANING: dict[str, str] = {
     "edge.origin_timeout": "Seconds a miss may wait for its upstream fetch (then 504).",
     "edge.purge_poll_seconds": "Only while ingest cannot be reached: how often an edge reads "
                                "new purge records from the origin's log instead.",
-    "edge.purge_follow_seconds": "How long one of an edge's long-polls to ingest's purge "
-                                 "stream waits for new records before asking again.",
+    "edge.origin_probe_seconds": "Readiness: while the origin answers, an edge probes it "
+                                 "(one HEAD bucket) only if no fill or probe proved it for "
+                                 "this long; once it fails, every 5 s until it answers.",
+    "edge.purge_follow_seconds": "Heartbeat of an edge's purge stream to ingest: a ping this "
+                                 "often; no answer within half of it and the edge reconnects "
+                                 "(or reads the origin's log).",
     "edge.purge_retention_seconds": "Age after which the ingest compacts purge records; an "
                                     "edge that missed compacted records drops its whole "
                                     "cache on return.",
@@ -173,6 +201,10 @@ MEANING: dict[str, str] = {
     "ingest.purge_ack_seconds": "How long a purge or delete waits for every connected edge "
                                 "to apply it before answering (the answer names the ones "
                                 "that had not).",
+    "ingest.peers": "Every ingest replica's admin URL (its own may be listed; a host name "
+                    "resolving to several addresses, such as a Kubernetes headless Service, "
+                    "counts as each). A purge or delete answered by one replica then waits "
+                    "for the edges following the others too.",
     "ingest.log_poll_seconds": "How often ingest re-reads the purge log at the origin, for "
                                "records other ingest replicas wrote.",
     "ingest.origin_deadline_seconds": "Each step of an upload that talks to the origin "
@@ -188,7 +220,8 @@ MEANING: dict[str, str] = {
                                      "any other width answers 404, nothing derived.",
 "secrets.signing_key_envs": "Environment variables holding the keys of signed transform "
                                 "URLs (>= 16 chars each); every one set is valid at once, for "
-                                "rotation. `mediacdn up` generates the first when none is set.",
+                                "rotation. `mediacdn up` generates the first when none is set. "
+                                "Replaced by `signing_keys` when that is given.",
     "transcode.transform_max_width": "Largest `w` of a signed transform; more is 400.",
     "transcode.transform_max_height": "Largest `h` of a signed transform; more is 400.",
     "transcode.transform_rate_per_minute": "Signed transforms of one image derived per minute "
@@ -316,9 +349,16 @@ with one line naming the key (`edge.cache_bytes: must be >= 1048576, got 5`), ex
 Sizes are in bytes, durations in seconds.
 
 Secrets are never in the file: it names environment variables (`secrets.*_env`,
-`origin.*_env`). `mediacdn up` generates random API key and admin token when theirs are unset;
-`mediacdn ingest` and `mediacdn edge` refuse to start without the ones they need.
+`origin.*_env`, `env` of a named key) or files (`file` of a named key). `mediacdn up`
+generates random API key and admin token when their variables are unset; `mediacdn ingest`,
+`mediacdn edge` and `mediacdn router` refuse to start when an enabled key they check has no
+value. SIGHUP reloads `[secrets]` (docs/operations.md, "Keys: rotation and revocation").
 """
+
+# The three kinds of named key take the same keys.
+MEANING.update({f"secrets.{kind}[].{key}": MEANING[f"secrets.api_keys[].{key}"]
+                for kind in ("admin_tokens", "signing_keys")
+                for key in ("name", "env", "file", "enabled")})
 
 
 def render() -> str:

@@ -17,6 +17,7 @@ import aiohttp
 from common.hashing import Hasher
 from common.tls import client_context
 from config import Config, EdgeNode, load_config
+from config.schema import KeyKind
 from edge.rendezvous import owner
 from scripts.cli import EXIT_FAILED, EXIT_OK, UsageError, environ
 
@@ -36,10 +37,12 @@ def _session(cfg: Config, timeout: aiohttp.ClientTimeout = TIMEOUT) -> aiohttp.C
 
 
 def _token(cfg: Config, admin: bool) -> str:
+    # The first enabled key with a value, as the edges do (docs/operations.md, rotation).
+    kind: KeyKind = "admin_tokens" if admin else "api_keys"
     value = cfg.secrets.admin_token if admin else cfg.secrets.api_key
-    var = cfg.secrets.admin_token_env if admin else cfg.secrets.api_key_env
     if not value:
-        raise UsageError(f"{var} is not set: export it (mediacdn up prints the generated one)")
+        raise UsageError(f"{cfg.secrets.unset_hint(kind)} is not set: export it (mediacdn up "
+                         "prints the generated one)")
     return value
 
 

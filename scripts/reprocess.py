@@ -88,7 +88,7 @@ async def _given(ids: list[str]) -> AsyncIterator[str]:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, environ())
     if not cfg.secrets.admin_token:
-        raise UsageError(f"{cfg.secrets.admin_token_env} is not set: export it")
+        raise UsageError(f"{cfg.secrets.unset_hint('admin_tokens')} is not set: export it")
     unknown = [n for n in args.variants or [] if cfg.transcode.variant(n) is None]
     if unknown:
         raise UsageError(f"not variants of this config: {', '.join(unknown)}")

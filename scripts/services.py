@@ -3,39 +3,67 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
+from collections.abc import Callable
 
 import uvloop
 
-from common.errors import ConfigError
 from common.logs import setup_logging
 from common.serve import serve
 from config import Config, load_config
+from config.loader import check_secrets
+from config.schema import KeyKind, Secrets
 from scripts.cli import UsageError, environ
 
+# The keys each service checks: `need`, at least one usable; `check`, any it has are valid.
+KEYS: dict[str, tuple[tuple[KeyKind, ...], tuple[KeyKind, ...]]] = {
+    "ingest": (("api_keys", "admin_tokens"), ()),
+    "edge": (("admin_tokens",), ("signing_keys",)),
+    "router": ((), ("signing_keys",)),
+}
 
-def load(args: argparse.Namespace, *, need_api_key: bool, need_admin: bool) -> Config:
+
+def follow_supervisor() -> None:
+    """Started by `mediacdn up` or a multi-worker edge: SIGTERM (drain, exit) when that
+    supervisor dies, even by `kill -9`, instead of holding the ports as an orphan."""
+    from scripts.supervisor import SUPERVISOR_ENV
+    from transcode.orphan import exit_with_parent
+
+    parent = os.environ.get(SUPERVISOR_ENV, "")
+    if parent.isdigit():
+        exit_with_parent(int(parent), signal.SIGTERM)
+
+
+def load(args: argparse.Namespace, service: str) -> Config:
+    """The config, refused (exit 2) when a key the service uses has no value. The same
+    check runs again on every SIGHUP (`reloader`)."""
     cfg = load_config(args.config, environ())
-    if need_api_key and cfg.secrets.api_key is None:
-        raise ConfigError(cfg.secrets.api_key_env, "is not set (the upload API key)")
-    if need_admin and cfg.secrets.admin_token is None:
-        raise ConfigError(cfg.secrets.admin_token_env, "is not set (the admin token)")
+    check_secrets(cfg.secrets, *KEYS[service])
     return cfg
 
 
+def reloader(args: argparse.Namespace, service: str) -> Callable[[], Secrets]:
+    # The environment cannot change in a running process, but the config and key files can.
+    return lambda: load(args, service).secrets
+
+
 def run_ingest(args: argparse.Namespace) -> int:
-    cfg = load(args, need_api_key=True, need_admin=True)
+    follow_supervisor()
+    cfg = load(args, "ingest")
     from ingest.app import create_app
 
     setup_logging("ingest", cfg.log_level)
     uvloop.run(serve(create_app(cfg), service="ingest", name="ingest", host=cfg.ingest.host,
                      port=cfg.ingest.port, idle_timeout=cfg.ingest.idle_timeout,
-                     listener=cfg.ingest.listener))
+                     listener=cfg.ingest.listener, reload_secrets=reloader(args, "ingest")))
     return 0
 
 
 def run_edge(args: argparse.Namespace) -> int:
-    cfg = load(args, need_api_key=False, need_admin=True)
+    follow_supervisor()
+    cfg = load(args, "edge")
     node = cfg.edge_node(args.node)
     if node is None:
         raise UsageError(f"no edge named {args.node!r} in {cfg.path}; edges: "
@@ -62,17 +90,20 @@ def run_edge(args: argparse.Namespace) -> int:
     uvloop.run(serve(app, service="edge", name=node.name,
                      host=node.host, port=node.port, reuse_port=node.workers > 1,
                      idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout,
-                     listener=node.listener, front=app.get(FRONT_DOOR)))
+                     listener=node.listener, reload_secrets=reloader(args, "edge"),
+                     front=app.get(FRONT_DOOR)))
     return 0
 
 
 def run_router(args: argparse.Namespace) -> int:
-    cfg = load(args, need_api_key=False, need_admin=False)
+    follow_supervisor()
+    cfg = load(args, "router")
     from edge.router.app import create_app
 
     setup_logging("router", cfg.log_level)
     uvloop.run(serve(create_app(cfg), service="router", name="router", host=cfg.router.host,
-                     port=cfg.router.port, listener=cfg.router.listener))
+                     port=cfg.router.port, listener=cfg.router.listener,
+                     reload_secrets=reloader(args, "router")))
     return 0
 
 

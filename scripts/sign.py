@@ -23,10 +23,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
         check_limits(parse(spec), cfg.transcode)
     except BadRequest as exc:
         raise UsageError(exc.detail) from None
-    if not cfg.secrets.signing_keys:
-        names = ", ".join(cfg.secrets.signing_key_envs) or "secrets.signing_key_envs"
-        raise UsageError(f"no signing key: set {names} (mediacdn up prints the generated one)")
-    print(sign_path(cfg.secrets.signing_keys[0], args.id, spec, ext))
+    keys = cfg.secrets.signing_values  # the first enabled one signs; all of them verify
+    if not keys:
+        raise UsageError(f"no signing key: set {cfg.secrets.unset_hint('signing_keys')} "
+                         "(mediacdn up prints the generated one)")
+    print(sign_path(keys[0], args.id, spec, ext))
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ from config import Config, load_config
 from scripts.cli import UsageError, environ
 
 DRAIN_SECONDS = 15.0
+SUPERVISOR_ENV = "MEDIACDN_SUPERVISOR_PID"  # a child started by us ends when we do
 MAX_BACKOFF = 10.0
 
 
@@ -49,18 +50,20 @@ class Child:
 def secrets_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     """Generate and print the secrets the environment does not provide (never a default)."""
     out = dict(env)
-    for var, value, what in ((cfg.secrets.api_key_env, cfg.secrets.api_key, "API key"),
-                             (cfg.secrets.admin_token_env, cfg.secrets.admin_token,
-                              "admin token")):
-        if value is None:
+    s = cfg.secrets
+    # Every enabled key from an unset variable; of the signing keys (optional), only the
+    # first, when none is set. Keys from files are the operator's to provide.
+    unset = [(k.env, what) for keys, what in ((s.api_keys, "API key"),
+                                              (s.admin_tokens, "admin token"))
+             for k in keys if k.enabled and k.value is None and k.env]
+    signing = [k.env for k in s.of("signing_keys") if k.enabled and k.value is None and k.env]
+    if not s.usable("signing_keys") and signing:
+        unset.append((signing[0], "signing key"))
+    for var, what in unset:
+        if var is not None and not out.get(var):
             out[var] = secrets.token_urlsafe(32)
             print(f"secret {var} {out[var]}", flush=True)
             log("warning", f"{var} was not set: generated a random {what} for this run")
-    if not cfg.secrets.signing_keys and cfg.secrets.signing_key_envs:
-        var = cfg.secrets.signing_key_envs[0]
-        out[var] = secrets.token_urlsafe(32)
-        print(f"secret {var} {out[var]}", flush=True)
-        log("warning", f"{var} was not set: generated a random signing key for this run")
     return out
 
 
@@ -113,9 +116,11 @@ class Supervisor:
         backoff = 0.5
         while not self.stopping:
             started = time.monotonic()
+            # Own session (a terminal's Ctrl-C reaches us only, and we drain them in
+            # order); SUPERVISOR_ENV: they drain and exit if we are killed outright.
             proc = await asyncio.create_subprocess_exec(
-                *child.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stdin=None,
-                start_new_session=True)
+                *child.argv, env={**self.env, SUPERVISOR_ENV: str(os.getpid())},
+                stdout=asyncio.subprocess.PIPE, stdin=None, start_new_session=True)
             child.proc = proc
             pump = asyncio.create_task(self._pump(child, proc))
             code = await proc.wait()
@@ -146,6 +151,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.halt.set)
+        # Reload (TLS, keys) is each child's: pass it on to every one, all workers included.
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         tasks: list[asyncio.Task[None]] = []
         all_ready = True
         for stage in self.stages:
@@ -162,6 +169,12 @@ class Supervisor:
                 self.on_ready()
         await self.halt.wait()
         return await self.shutdown(tasks)
+
+    def hangup(self) -> None:
+        log("info", "SIGHUP: passed on to every service")
+        for k in self.kids:
+            if k.proc is not None and k.proc.returncode is None:
+                k.proc.send_signal(signal.SIGHUP)
 
     async def shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
         self.stopping = True

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from config import Config, load_config
-from config.schema import OriginConfig
+from config.schema import OriginConfig, Secrets
 from tests.s3server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +15,11 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENV = {"MEDIACDN_API_KEY": API_KEY, "MEDIACDN_ADMIN_TOKEN": ADMIN_TOKEN}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def secrets_for(env: dict[str, str]) -> Secrets:
+    """The default config's keys, read from `env` (as a service's environment)."""
+    return load_config(ROOT / "config/local.toml", env).secrets
 
 
 def make_config(tmp_path: Path, origin: OriginConfig | None = None) -> Config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -115,6 +116,29 @@ async def test_up_runs_the_topology_restarts_a_child_and_drains(tmp_path: Path) 
     async with asyncio.timeout(30):
         assert await proc.wait() == 0
     assert _children(str(config)) == []  # every child drained and exited
+
+
+async def test_up_killed_outright_leaves_no_service_holding_its_ports(tmp_path: Path) -> None:
+    # `kill -9` of `mediacdn up` (an OOM kill, a closed terminal's SIGKILL): its services
+    # must not live on as orphans holding the ports, or the next `make run` finds them busy.
+    config, ports = write_config(tmp_path, f'kind = "fs"\npath = "{tmp_path / "origin"}"')
+    proc = await asyncio.create_subprocess_exec(
+        *MEDIACDN, "up", "--config", str(config), env=env(), cwd=str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        started = 0
+        while started < 6:
+            if (await proc.stdout.readline()).split()[0] != b"secret":
+                started += 1
+    assert len(_children(str(config))) >= 6  # the 2-worker edge is a supervisor + 2
+    proc.kill()
+    await proc.wait()
+    async with asyncio.timeout(20):  # each drains (bounded), then exits
+        while _children(str(config)):
+            await asyncio.sleep(0.2)
+    with socket.create_server(("127.0.0.1", ports.ingest)):  # the port is free again
+        pass
 
 
 def _children(config: str) -> list[tuple[int, str]]:

@@ -107,8 +107,9 @@ def _env_names(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_workloads_probe_run_as_non_root_and_take_secrets_from_a_secret(tmp_path: Path) -> None:
     cfg = load_config(_configmap_toml(tmp_path), ENV)
-    needs = {"ingest": {cfg.secrets.api_key_env, cfg.secrets.admin_token_env},
-             "edge": {cfg.secrets.admin_token_env}, "router": set()}
+    api, admin = (cfg.secrets.first(kind) for kind in ("api_keys", "admin_tokens"))
+    assert api is not None and admin is not None and api.env and admin.env
+    needs = {"ingest": {api.env, admin.env}, "edge": {admin.env}, "router": set()}
     s3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert _workloads()
     for w in _workloads():

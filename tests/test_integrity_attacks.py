@@ -194,7 +194,7 @@ async def test_an_upload_repairs_an_image_whose_delete_was_cut_short(
 async def test_after_an_ingest_restart_a_purge_waits_for_the_edges_to_reconnect(
         net: Net) -> None:
     """A restarted ingest knows no followers (PurgeHub.followers is in memory) and edges
-    that lost their long-poll sleep purge_poll_seconds (default 10 s) on the origin path.
+    that lost their stream sleep purge_poll_seconds (default 10 s) on the origin path.
     A purge sent in that window is answered 200 at once with `"edges": {}`: nothing in the
     answer says an edge still serves the copy it just purged."""
     net.write()

@@ -9,6 +9,10 @@ counting, slowable proxy.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +27,7 @@ from config import load_config
 from ingest.purgehub import PurgeHub
 from origin import open_origin, purgelog
 from tests import images
-from tests.helpers import ADMIN, AUTH
+from tests.helpers import ADMIN, ADMIN_TOKEN, AUTH
 from tests.proxy import CountingProxy
 from tests.s3server import S3Server, free_port
 from tests.topology import Service, env, run_cli
@@ -342,7 +346,10 @@ async def test_readiness_costs_no_origin_request(net: Net) -> None:
     assert sum(net.proxy.counts.values()) - before <= 2
     await net.proxy.stop()
     t0 = time.monotonic()
-    while True:  # the origin went away: not ready, but still serving media
+    # The origin went away; a client's miss finds out at once (an idle edge's probe only
+    # every edge.origin_probe_seconds): not ready, but still serving media.
+    assert (await net.get(net.url("e1") + f"/i/{'0' * 64}/w320.webp"))[0] in (502, 503, 504)
+    while True:
         async with net.http.get(net.url("e1") + "/readyz") as r:
             body = await r.json()
             if r.status == 503:
@@ -411,15 +418,166 @@ async def test_a_derivation_racing_a_delete_leaves_no_variant_behind(net: Net) -
         assert (await net.get(f"{net.url('e1')}/i/{image_id}/{name}"))[0] == 404
 
 
-async def test_ingest_drains_at_once_with_edges_long_polling_it(net: Net) -> None:
+async def test_ingest_drains_at_once_with_edges_following_it(net: Net) -> None:
     net.write()
     await net.start_ingest()
     await net.start_edge("e1")
-    await net.upload(images.jpeg())  # the edge's follower is in a long-poll on ingest now
+    await net.upload(images.jpeg())  # the edge's follower holds its stream to ingest now
     await asyncio.sleep(0.5)
     assert net.ingest is not None
     t0 = time.monotonic()
     assert await net.ingest.stop() == 0
-    # Pending long-polls are answered at shutdown, not waited out (20 s each, or the
-    # 10 s drain bound): SIGTERM to exit well under either.
+    # Open streams are closed at shutdown, not waited out (the 10 s drain bound):
+    # SIGTERM to exit well under it.
     assert time.monotonic() - t0 < 5
+
+
+ADMIN_LINE = f"Authorization: Bearer {ADMIN_TOKEN}"
+
+
+async def _stream(net: Net, node: str, after: int) -> aiohttp.ClientWebSocketResponse:
+    assert net.ingest is not None
+    return await net.http.ws_connect(
+        net.ingest.url + "/_internal/purges/stream", headers=ADMIN,
+        params={"after": str(after), "node": node, "region": "eu"})
+
+
+async def _last(net: Net) -> int:
+    assert net.ingest is not None
+    async with net.http.get(net.ingest.url + "/_internal/purges", params={"after": "-1"},
+                            headers=ADMIN) as r:
+        return int((await r.json())["last"])
+
+
+async def test_records_are_pushed_down_one_stream_and_its_acks_answer_purges(
+        net: Net) -> None:
+    # A follower holds one connection: each purge is pushed to it as it lands (no request
+    # per record per edge, which is what 1,000 edges multiply), and the cursor it sends back
+    # is what lets ingest answer the purge "applied".
+    net.write()
+    await net.start_ingest()
+    ws = await _stream(net, "e1", await _last(net))
+    first = json.loads(await ws.receive_bytes(timeout=5))  # what it lacks: nothing yet
+    assert first["records"] == []
+    ids = [content_id(bytes([i])) for i in range(3)]
+    for image_id in ids:
+        assert net.ingest is not None
+        purge = asyncio.create_task(net.http.post(net.ingest.url + "/v1/purges",
+                                                  json={"ids": [image_id]}, headers=ADMIN))
+        pushed = json.loads(await ws.receive_bytes(timeout=5))
+        [rec] = pushed["records"]
+        assert rec["ids"] == [image_id] and pushed["last"] == rec["seq"]
+        await asyncio.sleep(0.3)
+        assert not purge.done()  # it waits for this edge's acknowledgement...
+        await ws.send_str(str(rec["seq"]))
+        async with await asyncio.wait_for(purge, 5) as r:  # ...and answers once it is in
+            assert r.status == 200, await r.text()
+            assert (await r.json())["edges"] == {"e1": "applied"}
+    await ws.close()
+
+
+async def test_a_follower_that_stops_reading_holds_back_no_other(net: Net) -> None:
+    # One edge's stream stops being read (a stalled process, a full link) while large
+    # purges land: the other edges still get every record at once, and the stalled one is
+    # reported pending rather than holding anyone's answer past purge_ack_seconds.
+    net.write()
+    await net.start_ingest()
+    assert net.ingest is not None
+    last = await _last(net)
+    # A raw WebSocket handshake, then the socket is never read (an aiohttp client would
+    # keep draining it into its own queue): the stream backs up into ingest.
+    reader, writer = await asyncio.open_connection("127.0.0.1", net.ports["ingest"])
+    writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                         4096)
+    writer.write(f"GET /_internal/purges/stream?after={last}&node=stalled&region=eu HTTP/1.1\r\n"
+                 f"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n{ADMIN_LINE}\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    live = await _stream(net, "e1", last)
+    await live.receive_bytes(timeout=5)
+
+    big = [[content_id(f"{n}-{i}".encode()) for i in range(8000)] for n in range(12)]
+
+    async def purge(ids: list[str]) -> tuple[int, dict[str, str]]:
+        assert net.ingest is not None
+        async with net.http.post(net.ingest.url + "/v1/purges", json={"ids": ids},
+                                 headers=ADMIN) as r:
+            return r.status, (await r.json())["edges"]
+
+    t0 = time.monotonic()
+    posts = [asyncio.create_task(purge(ids)) for ids in big]
+    got: set[str] = set()
+    while len(got) < 12 * 8000:  # ~6.5 MB of records the stalled stream never takes
+        pushed = json.loads(await live.receive_bytes(timeout=5))
+        got.update(i for r in pushed["records"] for i in r["ids"])
+        await live.send_str(str(pushed["last"]))
+    answers = await asyncio.gather(*posts)
+    assert time.monotonic() - t0 < 5 + 3  # purge_ack_seconds + slack, not one per record
+    assert all(status == 202 and edges == {"e1": "applied", "stalled": "pending"}
+               for status, edges in answers), answers
+    writer.close()
+    await live.close()
+
+
+async def test_an_idle_edge_whose_origin_answers_does_not_probe_it_every_few_seconds(
+        net: Net) -> None:
+    # 1,000 idle edges probing every 5 s were 200 origin requests/s for nothing: while the
+    # origin answers, an edge probes only when nothing proved it for origin_probe_seconds.
+    net.write()
+    await net.start_ingest()
+    await net.start_edge("e1")
+    await asyncio.sleep(1.0)
+    before = dict(net.proxy.counts)
+    await asyncio.sleep(11)  # two probes' worth at the old 5 s
+    edge_calls = {k: v - before.get(k, 0) for k, v in net.proxy.counts.items()
+                  if v - before.get(k, 0) and k[0] == "HEAD" and k[1].strip("/").count("/") == 0}
+    # Ingest's own log poll HEADs a purge record key, never the bare bucket.
+    assert edge_calls == {}, edge_calls
+
+
+async def test_a_purge_answered_by_one_ingest_replica_waits_for_edges_on_the_others(
+        net: Net) -> None:
+    # Two ingest replicas behind one name (the Kubernetes manifests run 2-10): e1 follows
+    # replica A; the purge reaches replica B. B must not answer "applied" while e1, which B
+    # does not hold, still serves the old copy.
+    net.write()
+    text = net.config.read_text()
+    b_port = free_port()
+    peers = (f'peers = ["http://127.0.0.1:{net.ports["ingest"]}", '
+             f'"http://localhost:{b_port}"]\n')
+    text = text.replace("[ingest]\n", "[ingest]\n" + peers).replace(
+        "log_poll_seconds = 0.2", "log_poll_seconds = 2")  # B's records reach A slowly
+    net.config.write_text(text)
+    b_config = net.tmp / "replica-b.toml"
+    b_config.write_text(text.replace(f"port = {net.ports['ingest']}\n", f"port = {b_port}\n", 1))
+    await net.start_ingest()
+    replica_b = await Service(["ingest", "--config", str(b_config)], net.env).start()
+    try:
+        await net.start_edge("e1")
+        m = await net.upload(images.jpeg(images.photo(700, 400)))
+        path = paths_of(m)[0]
+        await warm(net, "e1", [path])
+        await asyncio.sleep(1.2)  # a refill after the purge shows a smaller Age
+        for _ in range(3):
+            t0 = time.monotonic()
+            async with net.http.post(replica_b.url + "/v1/purges", json={"ids": [m["id"]]},
+                                     headers=ADMIN) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["edges"] == {"e1": "applied"}
+            status, cache, age = await net.get(net.url("e1") + path)
+            assert status == 200 and (cache != "HIT" or age < time.monotonic() - t0 + 1), (
+                f"old copy served after the purge was answered: {cache}, Age {age}")
+            await warm(net, "e1", [path])
+            await asyncio.sleep(1.2)
+        # A replica that does not answer is left out (its edges read the log on their own);
+        # B still answers within purge_ack_seconds.
+        assert net.ingest is not None
+        await net.ingest.stop()
+        t0 = time.monotonic()
+        async with net.http.post(replica_b.url + "/v1/purges", json={"ids": [m["id"]]},
+                                 headers=ADMIN) as r:
+            assert r.status in (200, 202), await r.text()
+        assert time.monotonic() - t0 < 5 + 3
+    finally:
+        await replica_b.stop()

@@ -28,7 +28,7 @@ from common.signing import sign_path
 from edge.router.app import create_app as create_router
 from ingest.app import create_app
 from tests import images
-from tests.helpers import ADMIN, AUTH, make_config
+from tests.helpers import ADMIN, AUTH, ENV, make_config, secrets_for
 from tests.test_invalidation import Net, net  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -336,7 +336,7 @@ async def test_reprocess_derives_what_a_new_ladder_adds_once_and_resumes(
 async def test_the_router_checks_signatures_and_knows_widths_on_demand(
         tmp_path: Path, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]) -> None:
     cfg = make_config(tmp_path)
-    cfg = replace(cfg, secrets=replace(cfg.secrets, signing_keys=(NEW_KEY,)))
+    cfg = replace(cfg, secrets=secrets_for({**ENV, "MEDIACDN_SIGNING_KEY": NEW_KEY}))
     client = await aiohttp_client(create_router(cfg))
     image_id = "b" * 64
     good = sign_path(NEW_KEY, image_id, "w=300,h=200,fit=cover", "webp")

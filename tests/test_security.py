@@ -16,7 +16,7 @@ from common.hashing import content_id
 from config import Config
 from edge.app import create_app as create_edge
 from ingest.app import create_app as create_ingest
-from tests.helpers import ADMIN, ADMIN_TOKEN, AUTH, make_config
+from tests.helpers import ADMIN, ADMIN_TOKEN, AUTH, make_config, secrets_for
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -63,9 +63,9 @@ async def test_edge_admin_needs_the_admin_token(aiohttp_client: MakeClient, cfg:
 async def test_tokens_are_not_interchangeable_between_deployments(
     aiohttp_client: MakeClient, tmp_path: Path
 ) -> None:
-    other = replace(make_config(tmp_path / "b"), secrets=replace(
-        make_config(tmp_path / "b").secrets, api_key="another-deployments-api-key",
-        admin_token="another-deployments-admin-token"))
+    other = replace(make_config(tmp_path / "b"), secrets=secrets_for({
+        "MEDIACDN_API_KEY": "another-deployments-api-key",
+        "MEDIACDN_ADMIN_TOKEN": "another-deployments-admin-token"}))
     client = await aiohttp_client(create_ingest(other))
     async with client.post("/v1/images", data=b"x", headers=AUTH) as r:
         assert r.status == 401

@@ -1,4 +1,4 @@
-"""A worker process that exits when the process that started it dies, `kill -9` included.
+"""A child process that ends when the process that started it dies, `kill -9` included.
 
 Without this, a killed ingest leaves its transcode workers waiting forever on a pipe they
 hold both ends of, and with them multiprocessing's resource tracker (~80 MB, measured).
@@ -17,16 +17,17 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_SECONDS = 1.0
 
 
-def exit_with_parent(parent: int) -> None:
-    """Call first thing in the child; `parent` is the pid of the process that started it."""
-    if not _death_signal():
-        threading.Thread(target=_watch, args=(parent,), name="exit-with-parent",
+def exit_with_parent(parent: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Call first thing in the child; `parent` is the pid of the process that started it.
+    `sig`: what the child gets then (SIGTERM: a service drains and exits)."""
+    if not _death_signal(sig):
+        threading.Thread(target=_watch, args=(parent, sig), name="exit-with-parent",
                          daemon=True).start()
     if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
+        os.kill(os.getpid(), sig)
 
 
-def _death_signal() -> bool:
+def _death_signal(sig: signal.Signals) -> bool:
     """Linux: the kernel kills us when our parent ends. Strictly, when the *thread* that
     spawned us ends: pebble spawns from the event loop's thread and from its own manager
     thread, both as long-lived as the pool."""
@@ -34,13 +35,13 @@ def _death_signal() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
 
-def _watch(parent: int) -> None:
+def _watch(parent: int, sig: signal.Signals) -> None:
     # Elsewhere: an orphan is re-parented, so its parent pid changes.
     while os.getppid() == parent:
         time.sleep(POLL_SECONDS)
-    os._exit(1)
+    os.kill(os.getpid(), sig)

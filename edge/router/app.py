@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from common.auth import KEYRING, KeyRing
 from common.errors import BadRequest, Forbidden, NotFound
 from common.forwarded import client_address
 from common.hashing import is_content_id
@@ -71,7 +72,7 @@ async def redirect_transform(request: web.Request) -> web.Response:
     info = request.match_info
     image_id = info["id"]
     spec, _, ext = info["spec"].rpartition(".")
-    if not verify(cfg.secrets.signing_keys, image_id, spec, ext, info["sig"]):
+    if not verify(request.app[KEYRING].secrets.signing_values, image_id, spec, ext, info["sig"]):
         raise Forbidden("missing or wrong signature (see docs/api.md)")
     if not is_content_id(image_id):
         raise BadRequest("an image id is 64 lowercase hex characters (its blake3)")
@@ -101,6 +102,7 @@ async def openapi(request: web.Request) -> web.Response:
 def create_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[problem_middleware])
     app[CONFIG] = cfg
+    app[KEYRING] = KeyRing(cfg.secrets)  # the signing keys; swapped whole on SIGHUP
     app[NEAREST] = nearest_first(cfg)
     registry = CollectorRegistry()
     app[ROUTED] = Counter("mediacdn_router_redirects", "Redirects by serving region",

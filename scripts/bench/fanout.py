@@ -3,9 +3,9 @@
 A real `mediacdn ingest` on a real S3 server (Ceph RGW when root with apt, else moto), with a
 counting proxy (scripts/bench/s3proxy.py, its own process) between them. Lightweight
 followers, spread over a few processes, speak the real protocol edges speak
-(edge/follower.py): learn the newest record with `after=-1`, then long-poll
-`GET /_internal/purges?after=N&node=&region=&wait=S` in a loop, the next poll's `after`
-being the acknowledgement. For each N:
+(edge/follower.py): learn the newest record with `after=-1`, then hold the WebSocket
+`/_internal/purges/stream?after=N&node=&region=`, taking each record pushed and sending
+back the applied cursor (the acknowledgement). For each N:
 
 - origin requests/s while idle, and while 10 purges/s are posted (`POST /v1/purges`);
 - purge-applied latency to ALL followers, p50/p99: from the POST until the last follower
@@ -103,7 +103,8 @@ class Http1:
 
 
 async def follow_one(hub: str, name: str, region: str, applied: Applied,
-                     started: asyncio.Event, ready: list[int]) -> None:
+                     started: asyncio.Event, ready: list[int],
+                     session: aiohttp.ClientSession) -> None:
     url = urlsplit(hub)
     conn = Http1(url.hostname or "127.0.0.1", url.port or 80)
     base = {"node": name, "region": region}
@@ -116,38 +117,47 @@ async def follow_one(hub: str, name: str, region: str, applied: Applied,
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError):
             applied.errors += 1
             await asyncio.sleep(0.5)
-    ready[0] += 1
-    if ready[0] == ready[1]:
-        started.set()
-    while True:
-        query = urlencode({**base, "after": str(cursor), "wait": f"{FOLLOW_WAIT:g}"})
+    conn.close()
+    first = True
+    while True:  # as Follower._stream: records pushed, the applied cursor sent back
         try:
-            status, raw = await conn.get("/_internal/purges?" + query, FOLLOW_WAIT + 10)
-            if status != 200:
-                raise OSError(f"ingest answered {status}")
-            answer: dict[str, Any] = json.loads(raw)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            applied.errors += 1
-            await asyncio.sleep(0.5)
-            continue
-        applied.polls += 1
-        now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the host
-        for rec in answer.get("records", []):
-            seq = int(rec["seq"])
-            if seq != cursor + 1:
-                applied.errors += 1  # a gap: the real follower would read the origin
-                break
-            applied.at[seq] = now  # applied (for this bench: held) at this instant
-            applied.count[seq] = applied.count.get(seq, 0) + 1
-            cursor = seq
+            async with session.ws_connect(
+                    f"{hub}/_internal/purges/stream",
+                    params={**base, "after": str(cursor)}, heartbeat=FOLLOW_WAIT,
+                    headers={"Authorization": f"Bearer {ADMIN}"}, max_msg_size=0) as ws:
+                async for msg in ws:
+                    if msg.type is not aiohttp.WSMsgType.BINARY:
+                        break
+                    if first:
+                        first = False
+                        ready[0] += 1
+                        if ready[0] == ready[1]:
+                            started.set()
+                    answer: dict[str, Any] = json.loads(msg.data)
+                    applied.polls += 1
+                    now = time.monotonic()  # CLOCK_MONOTONIC: one clock for the host
+                    for rec in answer.get("records", []):
+                        seq = int(rec["seq"])
+                        if seq != cursor + 1:
+                            applied.errors += 1  # a gap: the real follower reads the origin
+                            break
+                        applied.at[seq] = now  # applied (for this bench: held) now
+                        applied.count[seq] = applied.count.get(seq, 0) + 1
+                        cursor = seq
+                    await ws.send_str(str(cursor))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            pass
+        applied.errors += 1  # the stream ended: ingest never closes it while running
+        await asyncio.sleep(0.5)
 
 
 async def follower_proc(hub: str, first: int, count: int) -> None:
     applied = Applied()
     started = asyncio.Event()
     ready = [0, count]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     tasks = [asyncio.create_task(follow_one(hub, f"f{i}", REGIONS[i % 3], applied, started,
-                                            ready))
+                                            ready, session))
              for i in range(first, first + count)]
     async with asyncio.timeout(120):
         await started.wait()
@@ -158,6 +168,7 @@ async def follower_proc(hub: str, first: int, count: int) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await session.close()
     out = {"at": applied.at, "count": applied.count, "errors": applied.errors,
            "polls": applied.polls}
     sys.stdout.write(json.dumps(out) + "\n")
@@ -349,7 +360,7 @@ class Result:
     errors: int
     records: int  # purges share a record when they arrive during a write
     follower_cpu: float  # cores used by the follower processes while purging
-    polls: int  # answers followers got from ingest, over the whole run
+    polls: int  # stream messages followers got from ingest, over the whole run
 
 
 def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
@@ -385,7 +396,7 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a follower process did not start")
-        time.sleep(2)  # every first long-poll is in
+        time.sleep(2)  # every stream is settled
         spy = None
         if profile:  # py-spy (pip install py-spy) samples ingest while it is purging
             spy = subprocess.Popen(["py-spy", "record", "-p", str(ing.pid), "-o",
@@ -450,8 +461,8 @@ def report(r: Result, rate: float) -> None:
           f"purging {100 * r.busy.cpu / r.busy.seconds:5.1f} % of a core;  RSS "
           f"{r.busy.rss:.0f} MiB;  followers {100 * r.follower_cpu:.0f} % of a core, "
           f"errors {r.errors}")
-    print(f"  long-poll answers {r.polls:,} in the run: <= "
-          f"{1e6 * r.busy.cpu / max(1, r.polls):.0f} us of ingest CPU each while purging")
+    print(f"  stream messages {r.polls:,} in the run: <= "
+          f"{1e6 * r.busy.cpu / max(1, r.polls):.0f} us of ingest CPU each (with its ack)")
 
 
 def main() -> int:
@@ -477,7 +488,7 @@ def main() -> int:
         proxy = start_proxy(s3, stack)
         print(f"S3: {s3.kind} at {s3.endpoint}, counted through {proxy}; "
               f"{args.rate:g} purges/s for {args.purge_seconds:g} s, idle {args.idle_seconds:g} s;"
-              f" followers long-poll {FOLLOW_WAIT:g} s, in {args.procs} processes")
+              f" followers hold a stream each, in {args.procs} processes")
         for n in (int(x) for x in args.followers.split(",")):
             report(run_n(n, args.procs, s3, proxy, tmp, args.idle_seconds,
                          args.purge_seconds, args.rate, args.profile), args.rate)
