@@ -10,6 +10,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -50,6 +51,16 @@ async def listen(host: str, port: int, reuse_port: bool = False,
     return sock
 
 
+class Front(Protocol):
+    """Something that answers some requests itself before aiohttp (the edge's front door,
+    edge/frontdoor.py), handing aiohttp's protocol (`runner.server()`) the rest."""
+
+    def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
+                idle_timeout: float) -> Callable[[], asyncio.Protocol]: ...
+
+    def close_idle(self) -> None: ...
+
+
 def config_key(service: str, name: str) -> str:
     return f"edges.{name}" if service == "edge" else service
 
@@ -71,11 +82,13 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
                 sock: socket.socket | None = None, reuse_port: bool = False,
                 shutdown_timeout: float = 10.0, idle_timeout: float = IDLE_TIMEOUT,
                 send_timeout: float | None = None, listener: Listener = PLAIN,
-                reload_secrets: Callable[[], Secrets] | None = None) -> None:
+                reload_secrets: Callable[[], Secrets] | None = None,
+                front: Front | None = None) -> None:
     """`send_timeout`: drop connections whose client takes nothing for that long.
     `listener`: TLS (reloaded on SIGHUP) and the admin listener, when configured.
     `reload_secrets`: reads the keys again (the config file, the key files) on SIGHUP, into
-    the app's KeyRing; a bad result is logged and the old keys kept."""
+    the app's KeyRing; a bad result is logged and the old keys kept.
+    `front`: in front of aiohttp on the main listener (not the admin one)."""
     key = config_key(service, name)
     ssl_ctx = tls.server_context(listener, key)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -88,26 +101,39 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     # Always ours: SIGHUP's default action would kill the process, connections and all.
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, ssl_ctx, listener, reload_secrets)
     await runner.setup()
+    front_server: asyncio.Server | None = None
     try:
         # Our own listening socket, so that its options reach every accepted connection.
         sock = sock or await listen(host, port, reuse_port, f"{key}.port")
         if send_timeout is not None:
             drop_stalled_clients(sock, send_timeout)
-        site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout,
-                            ssl_context=ssl_ctx)
-        await site.start()
+        if front is None:
+            site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout,
+                                ssl_context=ssl_ctx)
+            await site.start()
+        else:
+            # aiohttp's protocol factory is public (`runner.server`); the front door drives
+            # the RequestHandlers it makes only through the asyncio Protocol interface.
+            assert runner.server is not None
+            front_server = await loop.create_server(
+                front.factory(runner.server, ssl_ctx is not None, idle_timeout),
+                sock=sock, ssl=ssl_ctx, backlog=1024)
         if listener.admin_port is not None:
             admin = await listen(listener.admin_host, listener.admin_port, reuse_port,
                                  f"{key}.admin_port")
             await web.SockSite(runner, admin, shutdown_timeout=shutdown_timeout,
                                ssl_context=ssl_ctx).start()
-        bound = runner.addresses[0]
+        bound = sock.getsockname()
         scheme = "https" if ssl_ctx is not None else "http"
         announce(service, name, f"{scheme}://{bound[0]}:{bound[1]}")
         log.info("%s %s listening on %s:%s", service, name, bound[0], bound[1])
         await stop.wait()
         log.info("%s %s draining", service, name)
     finally:
+        if front is not None:
+            if front_server is not None:
+                front_server.close()  # stop accepting
+            front.close_idle()
         # Stops accepting, lets in-flight requests finish (bounded), then runs cleanup_ctx.
         with contextlib.suppress(Exception):
             await runner.cleanup()

@@ -368,6 +368,7 @@ def _edge_settings(t: Table) -> tuple[EdgeSettings, Listener]:
         connection_buffer_bytes=t.integer("connection_buffer_bytes", 64 << 10, lo=1024),
         send_timeout=t.number("send_timeout", 30.0, lo=0.1),
         trusted_proxies=_networks(t, "trusted_proxies"),
+        front_door=t.flag("front_door", True),
     )
     # Defaults for every node: a shared certificate (a wildcard) and where the admin binds.
     cert, key = _tls_paths(t)

@@ -205,6 +205,9 @@ class EdgeSettings:
     connection_buffer_bytes: int
     send_timeout: float  # drop a connection whose client takes nothing for this long
     trusted_proxies: tuple[Network, ...] = ()
+    # Plain keep-alive GETs of hot keys answered in the connection's protocol, before
+    # aiohttp (edge/frontdoor.py); everything else goes to aiohttp unchanged.
+    front_door: bool = True
 
 
 @dataclass(frozen=True)

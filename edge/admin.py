@@ -62,5 +62,7 @@ async def stats(request: web.Request) -> web.Response:
         "disk_corrupt": t["disk_corrupt"],
         "disk_write_errors": t["disk_write_errors"],
         "negative_hits": t["negative_hits"],
+        "front_door_hits": t["front_door_hits"],
+        "front_door_handoffs": t["front_door_handoffs"],
         "purge_cursor": cache.journal.cursor,
     })

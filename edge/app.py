@@ -24,8 +24,9 @@ from config.schema import Config, EdgeNode
 from edge import admin, handlers
 from edge.disk import NoDiskTier
 from edge.follower import Follower, FollowerSettings
+from edge.frontdoor import FrontDoor
 from edge.journal import ORIGIN_DOWN
-from edge.keys import CACHE, CONFIG, FOLLOWER, NODE, STATS, TRANSCODE
+from edge.keys import CACHE, CONFIG, FOLLOWER, FRONT_DOOR, NODE, STATS, TRANSCODE
 from edge.node import EdgeCache
 from edge.openapi import OPENAPI
 from edge.stats import EdgeStats, register
@@ -55,6 +56,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                                   log_hits=cfg.edge.access_log == "all",
                                   tls=node.listener.tls,
                                   trusted=node.listener.trusted_proxies)
+    if cfg.edge.front_door:  # common/serve.py puts it in front of the media listener
+        app[FRONT_DOOR] = FrontDoor(media, limits, log_hits=cfg.edge.access_log == "all",
+                                    trusted=bool(node.listener.trusted_proxies))
     registry = CollectorRegistry()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

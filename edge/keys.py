@@ -6,6 +6,7 @@ from aiohttp import web
 
 from config.schema import Config, EdgeNode, TranscodeConfig
 from edge.follower import Follower
+from edge.frontdoor import FrontDoor
 from edge.node import EdgeCache
 from edge.stats import EdgeStats
 
@@ -15,3 +16,4 @@ TRANSCODE = web.AppKey("transcode", TranscodeConfig)
 STATS = web.AppKey("stats", EdgeStats)
 CACHE = web.AppKey("cache", EdgeCache)
 FOLLOWER = web.AppKey("follower", Follower)  # worker 0 only
+FRONT_DOOR = web.AppKey("front_door", FrontDoor)  # when edge.front_door is on

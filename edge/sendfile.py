@@ -32,13 +32,19 @@ from common.backpressure import SendLimits
 from edge.memory import HotEntry
 
 
-def _sendfile(transport: asyncio.Transport, hot: HotEntry) -> int:
+def send_now(transport: asyncio.Transport, hot: HotEntry) -> int:
     """Bytes the kernel took from the memfd right away (0 if the socket is busy)."""
     sock = transport.get_extra_info("socket")
     if sock is None or transport.get_write_buffer_size():
         return 0
+    return sendfile_to(sock.fileno(), hot)
+
+
+def sendfile_to(fd: int, hot: HotEntry) -> int:
+    """sendfile(2) of the entry to socket `fd`, whose transport has nothing buffered: the
+    bytes the kernel took right away."""
     try:
-        return os.sendfile(sock.fileno(), hot.fd, 0, hot.size)
+        return os.sendfile(fd, hot.fd, 0, hot.size)
     except (BlockingIOError, InterruptedError):
         return 0
     except OSError:  # the peer went away: the transport will report it
@@ -48,7 +54,7 @@ def _sendfile(transport: asyncio.Transport, hot: HotEntry) -> int:
 class HotResponse(web.StreamResponse):
     # How much of the body the kernel sends straight from the memfd (0: all through the
     # transport). A class attribute: the TLS subclass chooses once, no check per hit.
-    _kernel_send = staticmethod(_sendfile)
+    _kernel_send = staticmethod(send_now)
 
     def __init__(self, hot: HotEntry, now: int, limits: SendLimits) -> None:
         super().__init__(status=200)

@@ -16,7 +16,7 @@ from edge.stats import EdgeStats
 
 COUNTERS = ("hits", "fast_hits", "misses", "bytes_served", "origin_fetches", "peer_fetches",
             "errors", "verify_failures", "disk_corrupt", "disk_write_errors", "negative_hits",
-            "purged")
+            "purged", "front_door_hits", "front_door_handoffs")
 
 
 class StatsBoard:

@@ -25,6 +25,8 @@ class EdgeStats:
     disk_write_errors: int = 0
     negative_hits: int = 0
     purged: int = 0
+    front_door_hits: int = 0  # of the fast hits, those the front door answered
+    front_door_handoffs: int = 0  # connections the front door handed to aiohttp
     responses: Counter[tuple[int, str]] = field(default_factory=Counter)
 
 
@@ -43,6 +45,8 @@ DOCS = {
     "disk_write_errors": "Fills that could not be cached",
     "negative_hits": "404s answered from the negative cache",
     "purged": "Entries removed by purges",
+    "front_door_hits": "Plain hits answered by the front door, before aiohttp",
+    "front_door_handoffs": "Connections the front door handed to aiohttp",
     "disk_evictions": "Entries evicted from the disk tier (LRU)",
     "memory_evictions": "Entries evicted from the hot tier",
     "collapsed_waiters": "Requests that waited on another request's fill",

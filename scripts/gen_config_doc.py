@@ -229,6 +229,10 @@ MEANING: dict[str, str] = {
     "transcode.ondemand_max_dpr": "Largest `D` of `@{D}x`: the output is `N` x `D` pixels wide, "
                                   "never wider than the source.",
     "edge.workers": "Processes per edge node, sharing its port (SO_REUSEPORT) and cache.",
+    "edge.front_door": "Answer plain keep-alive HTTP/1.1 GETs of objects in the memory tier "
+    "in the connection's protocol, before aiohttp (strict llhttp parse via httptools, "
+    "pre-rendered head, body by sendfile; never sendfile on TLS); anything else, and the rest "
+    "of that connection, goes to aiohttp byte for byte. `false`: aiohttp answers everything.",
     "edge.access_log": "`misses`: log misses and errors only; `all`: also every hit.",
     "edge.cors_allow_origin": '`"*"`, one origin (`https://example.com`), or `""` for no '
                               "CORS headers.",

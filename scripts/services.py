@@ -79,16 +79,19 @@ def run_edge(args: argparse.Namespace) -> int:
                  for i in range(node.workers)]
         return run_workers("edge", node.name, node.url, argvs, environ())
     from edge.app import create_app
+    from edge.keys import FRONT_DOOR
 
     worker = args.worker or 0
     if worker >= node.workers:
         raise UsageError(f"--worker {worker}: node {node.name} has {node.workers} worker(s)")
     setup_logging(f"edge/{node.name}" + (f"#{worker}" if node.workers > 1 else ""),
                   cfg.log_level)
-    uvloop.run(serve(create_app(cfg, node, worker, run), service="edge", name=node.name,
+    app = create_app(cfg, node, worker, run)
+    uvloop.run(serve(app, service="edge", name=node.name,
                      host=node.host, port=node.port, reuse_port=node.workers > 1,
                      idle_timeout=cfg.edge.idle_timeout, send_timeout=cfg.edge.send_timeout,
-                     listener=node.listener, reload_secrets=reloader(args, "edge")))
+                     listener=node.listener, reload_secrets=reloader(args, "edge"),
+                     front=app.get(FRONT_DOOR)))
     return 0
 
 

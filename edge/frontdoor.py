@@ -1,0 +1,438 @@
+"""The front door: plain hits answered in the connection's protocol, before aiohttp.
+
+A hit through aiohttp costs its whole request machinery (parser glue, Request and Response
+objects, routing, a handler task): about 3x nginx's CPU per hit here, when a bare asyncio
+Protocol on uvloop serves the same bytes at nginx's rate (issue 13). So each connection
+starts with this protocol in front of aiohttp's own (`RequestHandler`, made by the
+runner's public `server` factory, driven only through the public asyncio Protocol
+methods):
+
+- Each request head (up to the first CRLFCRLF) goes through llhttp in strict mode
+  (httptools, the parser aiohttp's own C parser is built on). Only a complete, keep-alive
+  HTTP/1.1 GET, with a Host, no header twice, no framing, conditional, range or upgrade
+  header, of a path `/i/{id}/{name}` with nothing to decode, whose key is in the memory
+  tier while the node serves, is answered here: exactly what the media handler answers
+  with a pre-rendered HotResponse (edge/handlers.py, edge/sendfile.py), with the same
+  journal catch-up first, counters, touch and access log.
+- Anything else (a miss, HEAD, a 404, a parse error, an over-long head, an odd byte) hands
+  the connection to aiohttp for good, starting with that request's first byte: aiohttp sees
+  exactly the bytes it would have seen, and every earlier request was answered in full
+  already, so order holds. Nothing is parsed by hand; the front door only ever declines.
+- A client that does not read gets nothing more processed: past the connection's buffer
+  limit the transport pauses us (high water mark = edge.connection_buffer_bytes), we stop
+  reading, and the rest of a body goes out in pieces as the client takes them.
+- An idle connection is closed after idle_timeout, as aiohttp's keep-alive timer does.
+- TLS: the body is written through the transport, never sendfile(2) to the raw socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from common.backpressure import SendLimits
+from edge.handlers import MediaHandler
+from edge.memory import HotEntry
+from edge.sendfile import sendfile_to
+from edge.stats import EdgeStats
+
+log = logging.getLogger("mediacdn.edge.access")
+
+# aiohttp's parser limits (max_line_size, max_field_size 8190; 128 headers): a head this
+# large, or with more headers, is aiohttp's to judge.
+MAX_HEAD = 8190
+MAX_HEADERS = 64
+HEAD_END = b"\r\n\r\n"
+# The media route with nothing yarl would decode or normalise: no %, no dot segments, no
+# query; the key is then the raw text, as aiohttp's match_info would give it.
+_MEDIA = re.compile(rb"/i/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*")
+# Headers that change framing, connection handling or the answer: with any of them, aiohttp
+# answers (the media handler's own fast path declines on If-None-Match and Range too).
+_DECLINE = frozenset({
+    b"content-length", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"expect",
+    b"if-none-match", b"range", b"content-encoding", b"content-type", b"http2-settings",
+    b"proxy-connection", b"keep-alive",
+})
+
+
+class Lookup:
+    """What the front door asks the edge about a key: set up by create_app (edge/app.py)."""
+
+    def __init__(self, media: MediaHandler) -> None:
+        self.media = media
+
+    def catch_up(self) -> None:
+        """Apply purges other workers or the follower published (MediaHandler.handle does
+        the same first)."""
+        if self.media.cache is not None:
+            self.media.cache.invalidation.catch_up()
+
+    def find(self, key: str, now: int) -> HotEntry | None:
+        """The hot entry for `key` if the media handler would answer it from memory now."""
+        cache = self.media.cache
+        if cache is None:  # not started yet
+            return None
+        hot = cache.memory.get(key)
+        if hot is None or not cache.journal.serving(self.media.run, now):
+            return None
+        return hot
+
+    def touch(self, key: str) -> None:
+        if self.media.cache is not None:
+            self.media.cache.disk.touch(key)
+
+
+class FrontDoor:
+    """Per edge worker: makes the protocol of every connection on the media listener."""
+
+    def __init__(self, media: MediaHandler, limits: SendLimits, log_hits: bool,
+                 trusted: bool) -> None:
+        self.lookup = Lookup(media)
+        self.stats: EdgeStats = self.lookup.media.stats
+        self.limits = limits
+        self.log_hits = log_hits
+        # With trusted proxies, the access log's client is the forwarded one: aiohttp's.
+        self.decline_all = log_hits and trusted
+        self.connections: set[FrontDoorProtocol] = set()
+        self.closing = False
+
+    def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
+                idle_timeout: float) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            return FrontDoorProtocol(self, inner, tls, idle_timeout)
+        return make
+
+    def close_idle(self) -> None:
+        """At shutdown: connections still ours close once their current answer is out
+        (aiohttp's own close the same way when the runner shuts down)."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_done()
+
+
+class FrontDoorProtocol(asyncio.Protocol):
+    def __init__(self, door: FrontDoor, inner: Callable[[], asyncio.Protocol], tls: bool,
+                 idle_timeout: float) -> None:
+        self.door = door
+        self.make_inner = inner
+        self.inner: asyncio.Protocol | None = None  # aiohttp's, once handed over
+        self.tls = tls
+        self.idle_timeout = idle_timeout
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.buf = b""
+        self.parser = httptools.HttpRequestParser(self)
+        # Per request, set by the parser's callbacks.
+        self.url = b""
+        self.names: set[bytes] = set()
+        self.decline = False
+        self.begun = 0
+        self.complete = 0
+        # A body still going out (entry held, next offset), and the transport's pause.
+        self.sending: tuple[HotEntry, int] | None = None
+        self.write_paused = False
+        self.read_paused = False
+        self.eof = False
+        self.close_after = False
+        self.deadline = 0.0
+        self.now = 0  # the second the current request is answered in (Date, Age)
+        self.timer: asyncio.TimerHandle | None = None
+        self.sock: socket.socket | None = None  # for sendfile(2); never on TLS
+        # Hits validated in the buffer, waiting for the client to read (offsets in buf).
+        self.pending: list[tuple[int, HotEntry, bytes]] = []
+        self.answered = 0
+
+    # -- asyncio Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        transport = self.transport
+        if self.door.closing or self.door.decline_all:
+            self._hand_over()
+            return
+        self.door.connections.add(self)
+        self.door.limits.mark(transport)  # pause_writing past the connection's limit
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # as aiohttp does
+            # On TLS the socket carries ciphertext: never sendfile(2) to it.
+            self.sock = None if self.tls else sock
+        self.deadline = self.loop.time() + self.idle_timeout
+        self.timer = self.loop.call_at(self.deadline, self._idle)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self.inner
+        if inner is not None:
+            inner.data_received(data)
+            return
+        self.buf = self.buf + data if self.buf else data
+        if not self._blocked():
+            self._serve()
+
+    def eof_received(self) -> bool | None:
+        if self.inner is not None:
+            return self.inner.eof_received()
+        self.eof = True
+        if self._blocked():
+            return True  # finish what was asked; _serve closes after
+        if self.buf:  # a partial request: aiohttp decides what that means
+            self._hand_over()
+            assert self.inner is not None
+            return self.inner.eof_received()
+        return None  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.door.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sending is not None:
+            self.sending[0].release()
+            self.sending = None
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+            return
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+            return
+        self.write_paused = False
+        if self.sending is not None:
+            self._pump()
+        if not self._blocked():
+            self._unblocked()
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        repeated = lname in self.names or len(self.names) >= MAX_HEADERS
+        closing = lname == b"connection" and value.lower() != b"keep-alive"
+        if repeated or closing or lname in _DECLINE:
+            self.decline = True
+        self.names.add(lname)
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+    # -- serving -------------------------------------------------------------------------
+    def _blocked(self) -> bool:
+        return self.sending is not None or self.write_paused
+
+    def _serve(self) -> None:
+        """Answer what the buffer asks, or hand the connection to aiohttp."""
+        while True:
+            if not self.pending:
+                if not self._validate():
+                    return  # aiohttp's now
+                if not self.pending:
+                    break  # nothing complete yet
+            if not self._answer_pending():
+                return  # the client must read first, or aiohttp's now
+            if not self.buf:
+                break
+            # All answered: what arrived meanwhile is validated next.
+        if not self.buf and (self.eof or self.close_after):
+            self._close()
+
+    def _validate(self) -> bool:
+        """Queue the complete requests in the buffer if every one is a plain hot hit;
+        otherwise aiohttp takes the connection, buffer and all (False). All or nothing,
+        because aiohttp parses a read as a whole: a bad request in it discards the good
+        ones before it (one 400 answers the read), so the front door must not have
+        answered those."""
+        buf, lookup = self.buf, self.door.lookup
+        self.now = now = int(time.time())
+        lookup.catch_up()  # purges by other workers or the follower, first
+        pending: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
+        pos, size = 0, len(buf)
+        while (end := buf.find(HEAD_END, pos)) >= 0:
+            end += 4
+            head = buf if end == size and pos == 0 else buf[pos:end]
+            hot = self._parse(head, now) if end - pos <= MAX_HEAD else None
+            if hot is None:
+                self._hand_over()
+                return False
+            pending.append((end, hot, self.url))
+            pos = end
+        if len(buf) - pos > MAX_HEAD or (self.eof and pos < len(buf)):
+            self._hand_over()  # aiohttp's to judge (and to answer or not)
+            return False
+        self.pending, self.answered = pending, 0
+        return True
+
+    def _answer_pending(self) -> bool:
+        """Answer the queued hits in order; False if the client must read first or
+        aiohttp took the connection. Validated once: a client that pipelines thousands of
+        requests and reads slowly costs one parse per request, not one per wait."""
+        lookup, now = self.door.lookup, self.now
+        resumed = self.answered > 0
+        if resumed:
+            self.now = now = int(time.time())
+            lookup.catch_up()  # the client took its time: purges may have come
+        pending = self.pending
+        done = pending[self.answered - 1][0] if resumed else 0  # answered up to here
+        for i in range(self.answered, len(pending)):
+            end, hot, path = pending[i]
+            if resumed and (hot.retired or lookup.find(hot.key, now) is not hot):
+                # Purged or evicted while the client was reading: aiohttp answers from
+                # here on (a miss or a disk hit), in order.
+                self.buf, self.pending, self.answered = self.buf[done:], [], 0
+                self._hand_over()
+                return False
+            self._answer(hot, path)
+            done = end
+            if self._blocked():
+                self.answered = i + 1
+                self._block_reading()
+                return False
+        self.buf, self.pending, self.answered = self.buf[done:], [], 0
+        return True
+
+    def _parse(self, head: bytes, now: int) -> HotEntry | None:
+        self.names.clear()
+        self.decline = False
+        self.begun = self.complete = 0
+        self.url = b""
+        parser = self.parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None  # aiohttp answers (its own 400, or its upgrade handling)
+        if (self.decline or self.begun != 1 or self.complete != 1
+                or b"host" not in self.names or parser.get_method() != b"GET"
+                or parser.get_http_version() != "1.1" or not parser.should_keep_alive()
+                or _MEDIA.fullmatch(self.url) is None):
+            return None
+        return self.door.lookup.find(self.url[3:].decode("ascii"), now)
+
+    def _answer(self, hot: HotEntry, path: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        door = self.door
+        if transport.is_closing():
+            return
+        door.lookup.touch(hot.key)
+        if not hot.acquire():  # closed under us (practically never): as HotResponse does
+            transport.close()
+            return
+        stats = door.stats
+        stats.fast_hits += 1
+        stats.front_door_hits += 1
+        stats.bytes_served += hot.size
+        if door.log_hits:
+            peer = transport.get_extra_info("peername")
+            log.info("GET %s -> 200 HIT", path.decode("ascii"),
+                     extra={"status": 200, "cache": "HIT", "bytes": hot.size,
+                            "remote": peer[0] if peer else None})
+        sent = self._send(transport, hot.hit_head(self.now), hot)
+        self.deadline = self.loop.time() + self.idle_timeout
+        if sent < hot.size:
+            self.sending = (hot, sent)
+            self._pump()
+        else:
+            hot.release()
+
+    def _send(self, transport: asyncio.Transport, head: bytes, hot: HotEntry) -> int:
+        """The head, then as much of the body as the kernel takes from the memfd right away:
+        how much of the body went. (Corking the two into one segment, as nginx's
+        tcp_nopush, measured slower here: two more setsockopt calls through uvloop.)"""
+        transport.write(head)
+        sock = self.sock
+        if sock is None or transport.get_write_buffer_size():
+            return 0
+        return sendfile_to(sock.fileno(), hot)
+
+    def _pump(self) -> None:
+        """More of the body, a piece at a time, while the connection holds at most its
+        limit; resume_writing calls again once the client took enough."""
+        assert self.sending is not None and self.transport is not None
+        hot, sent = self.sending
+        transport, limit = self.transport, self.door.limits.buffer_bytes
+        while sent < hot.size and transport.get_write_buffer_size() <= limit:
+            if transport.is_closing():
+                break
+            end = min(hot.size, sent + limit)
+            transport.write(hot.read(sent, end))
+            sent = end
+        if sent < hot.size and not transport.is_closing():
+            self.sending = (hot, sent)
+            return
+        self.sending = None
+        hot.release()
+
+    def _block_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _unblocked(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._serve()
+
+    # -- endings -------------------------------------------------------------------------
+    def _hand_over(self) -> None:
+        """aiohttp takes the connection from the current request's first byte on."""
+        transport = self.transport
+        assert transport is not None and self.inner is None and not self._blocked()
+        self.door.connections.discard(self)
+        self.door.stats.front_door_handoffs += 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        inner = self.make_inner()
+        self.inner = inner
+        inner.connection_made(transport)
+        data, self.buf = self.buf, b""
+        if data:
+            inner.data_received(data)
+        if self.eof and not inner.eof_received():
+            transport.close()
+
+    def close_when_done(self) -> None:
+        self.close_after = True
+        if not self._blocked():
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and self.inner is None:
+            self.transport.close()
+
+    def _idle(self) -> None:
+        """aiohttp's keep-alive timer: no whole request for idle_timeout closes the
+        connection (a slow reader of an answer is send_timeout's business)."""
+        self.timer = None
+        if self.inner is not None or self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if not self._blocked() and now >= self.deadline:  # else send_timeout's business
+            self.transport.close()
+            return
+        self.timer = self.loop.call_at(max(self.deadline, now + 1.0), self._idle)
