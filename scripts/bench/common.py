@@ -131,3 +131,8 @@ port = {free_port()}
 default_region = "{next(iter(regions))}"
 {region_tables}{edge_tables}""")
     return path
+
+
+def py_spy() -> str:
+    """py-spy from the venv (a dev dependency) when it is not on PATH."""
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))

@@ -39,6 +39,7 @@ from scripts.bench.common import (
     WrkResult,
     ensure_debian_packages,
     free_port,
+    py_spy,
     run_wrk,
     tree_rss_mib,
     wait_http,
@@ -272,7 +273,7 @@ def edge_config(tmp: Path, port: int, workers: int, front_door: bool) -> Path:
 
 def profile(pid: int, seconds: int, dest: Path, run: Callable[[], object]) -> Path:
     """py-spy samples `pid` while `run()` drives it; collapsed stacks to `dest`."""
-    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(seconds + 1),
+    spy = subprocess.Popen([py_spy(), "record", "-p", str(pid), "-d", str(seconds + 1),
                             "-r", "200", "-f", "raw", "-o", str(dest)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)

@@ -40,7 +40,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 import uvloop
 
-from scripts.bench.common import free_port, rss_mib, wait_http
+from scripts.bench.common import free_port, py_spy, rss_mib, wait_http
 from scripts.bench.s3proxy import fetch_counts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -399,7 +399,7 @@ def run_n(n: int, procs: int, s3: S3, proxy: str, tmp: Path, idle_s: float,
         time.sleep(2)  # every stream is settled
         spy = None
         if profile:  # py-spy (pip install py-spy) samples ingest while it is purging
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(ing.pid), "-o",
+            spy = subprocess.Popen([py_spy(), "record", "-p", str(ing.pid), "-o",
                                     f"{profile}-{n}.txt", "-f", "raw", "-d",
                                     str(int(purge_s) + 2)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
