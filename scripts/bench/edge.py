@@ -127,6 +127,16 @@ async def warm(base: str, paths: list[str]) -> None:
         await asyncio.gather(*(one(p) for p in paths))
 
 
+async def door_share(base: str) -> str:
+    """What the edge's front door answered (its counters, every worker), for the row."""
+    await asyncio.sleep(1.2)  # workers publish their counters once a second
+    async with aiohttp.ClientSession() as s, s.get(
+            base + "/_admin/stats", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+        t = await r.json()
+    return (f"front door: {t['front_door_hits']:,} of {t['hits']:,} hits; "
+            f"{t['front_door_handoffs']:,} connections handed to aiohttp")
+
+
 async def warm_workers(base: str, paths: list[str], workers: int) -> None:
     """Until every worker holds every object in its memory tier: a connection lands on
     either worker, and one that asks for an object its worker does not hold hot is handed
@@ -193,7 +203,7 @@ async def concurrent_misses(base: str, n: int) -> tuple[float, float, int]:
 class Row:
     wrk: WrkResult | None
     cpu_us: float  # server CPU (utime + stime of its processes) per answer, microseconds
-    note: str = ""  # why there is no measurement
+    note: str = ""  # why there is no measurement, or what the front door did
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -357,6 +367,7 @@ def main() -> int:
             try:
                 asyncio.run(warm(base, paths))
                 rows[name] = measure(edge.pid, base, *wrk, "1")
+                rows[name].note = asyncio.run(door_share(base))
                 if args.profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     dest = args.profile / f"edge-front-door-{'on' if front_door else 'off'}.txt"
@@ -389,9 +400,10 @@ def main() -> int:
                 base2 = f"http://127.0.0.1:{port2}"
                 try:
                     asyncio.run(warm_workers(base2, paths, 2))
+                    row = measure(edge2.pid, base2, *wrk, "0,1", 2)
+                    row.note = asyncio.run(door_share(base2))
                     rows[f"mediacdn edge, 2 workers, front door "
-                         f"{'on' if front_door else 'off'}"] = measure(
-                        edge2.pid, base2, *wrk, "0,1", 2)
+                         f"{'on' if front_door else 'off'}"] = row
                 finally:
                     edge2.send_signal(signal.SIGTERM)
                     edge2.wait(20)
@@ -412,6 +424,8 @@ def main() -> int:
               f"p50 {row.wrk.p50_ms:6.2f} ms  p99 {row.wrk.p99_ms:7.2f} ms  "
               f"errors {row.wrk.errors}  | x nginx: rate {row.wrk.rps / anchor.wrk.rps:.2f}  "
               f"CPU {row.cpu_us / anchor.cpu_us:.2f}  p99 {row.wrk.p99_ms / anchor.wrk.p99_ms:.2f}")
+        if row.note:
+            print(f"{'':<44}   {row.note}")
     print("goal (issue 13): edge front door on >= 0.8x nginx rate, CPU <= 1.3x, p99 <= 2x; "
           "2 workers >= 0.8x")
     print(f"edge RSS (front door on): {rss_idle:.0f} MiB after the run, {rss_1000:.0f} MiB "
