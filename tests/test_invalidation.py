@@ -529,7 +529,7 @@ async def test_an_idle_edge_whose_origin_answers_does_not_probe_it_every_few_sec
     await net.start_edge("e1")
     await asyncio.sleep(1.0)
     before = dict(net.proxy.counts)
-    await asyncio.sleep(11)  # two probes' worth at the old 5 s
+    await asyncio.sleep(6)  # a probe's worth at the old 5 s
     edge_calls = {k: v - before.get(k, 0) for k, v in net.proxy.counts.items()
                   if v - before.get(k, 0) and k[0] == "HEAD" and k[1].strip("/").count("/") == 0}
     # Ingest's own log poll HEADs a purge record key, never the bare bucket.
