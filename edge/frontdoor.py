@@ -103,6 +103,7 @@ class FrontDoor:
         self.decline_all = log_hits and trusted
         self.connections: set[FrontDoorProtocol] = set()
         self.closing = False
+        self.drained: asyncio.Event | None = None  # set by drain() once none is left
 
     def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
                 idle_timeout: float) -> Callable[[], asyncio.Protocol]:
@@ -110,12 +111,47 @@ class FrontDoor:
             return FrontDoorProtocol(self, inner, tls, idle_timeout)
         return make
 
-    def close_idle(self) -> None:
-        """At shutdown: connections still ours close once their current answer is out
-        (aiohttp's own close the same way when the runner shuts down)."""
+    async def drain(self, grace: float) -> None:
+        """At shutdown: idle connections still ours close at once, busy ones once their
+        current answer is out (as aiohttp's own do when the runner shuts down), waiting up
+        to `grace` seconds for them; the rest are cut. Before the app's cleanup, which closes the
+        memfds their bodies are sent from."""
         self.closing = True
+        self.drained = asyncio.Event()
         for conn in list(self.connections):
             conn.close_when_done()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.drained.wait()
+        for conn in list(self.connections):
+            conn.abort()
+
+    def forget(self, conn: FrontDoorProtocol) -> None:
+        self.connections.discard(conn)
+        if self.drained is not None and not self.connections:
+            self.drained.set()
+
+
+class _Partial:
+    """httptools callbacks for a head that has not ended yet: did llhttp see it end?"""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def on_headers_complete(self) -> None:
+        self.ended = True
+
+
+def _broken(partial: bytes) -> bool:
+    """Whether llhttp already rejects the start of a request (or ends its head without a
+    CRLFCRLF): a fresh parser, so the connection's own sees only whole heads."""
+    seen = _Partial()
+    try:
+        httptools.HttpRequestParser(seen).feed_data(partial)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return True
+    return seen.ended
 
 
 class FrontDoorProtocol(asyncio.Protocol):
@@ -191,7 +227,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.door.connections.discard(self)
+        self.door.forget(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -241,7 +277,7 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Answer what the buffer asks, or hand the connection to aiohttp."""
-        while True:
+        while not self.close_after:  # draining: nothing more once the current answer is out
             if not self.pending:
                 if not self._validate():
                     return  # aiohttp's now
@@ -252,7 +288,7 @@ class FrontDoorProtocol(asyncio.Protocol):
             if not self.buf:
                 break
             # All answered: what arrived meanwhile is validated next.
-        if not self.buf and (self.eof or self.close_after):
+        if self.close_after or (self.eof and not self.buf):
             self._close()
 
     def _validate(self) -> bool:
@@ -275,8 +311,11 @@ class FrontDoorProtocol(asyncio.Protocol):
                 return False
             pending.append((end, hot, self.url))
             pos = end
-        if len(buf) - pos > MAX_HEAD or (self.eof and pos < len(buf)):
-            self._hand_over()  # aiohttp's to judge (and to answer or not)
+        if pos < size and (size - pos > MAX_HEAD or self.eof or _broken(buf[pos:])):
+            # aiohttp's to judge (and to answer or not). A head already broken before its
+            # CRLFCRLF (bare LF line ends, a bad byte) may never get one: aiohttp answers
+            # it with a 400 now, and with a read that holds it, none of the hits before.
+            self._hand_over()
             return False
         self.pending, self.answered = pending, 0
         return True
@@ -399,7 +438,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         """aiohttp takes the connection from the current request's first byte on."""
         transport = self.transport
         assert transport is not None and self.inner is None and not self._blocked()
-        self.door.connections.discard(self)
+        self.door.forget(self)
         self.door.stats.front_door_handoffs += 1
         if self.timer is not None:
             self.timer.cancel()
@@ -424,6 +463,11 @@ class FrontDoorProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and self.inner is None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """The drain's time is up: cut the connection, answer or not."""
+        if self.transport is not None and self.inner is None:
+            self.transport.abort()
 
     def _idle(self) -> None:
         """aiohttp's keep-alive timer: no whole request for idle_timeout closes the

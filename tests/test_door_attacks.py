@@ -1,0 +1,182 @@
+"""Adversarial review of the edge's front door (edge/frontdoor.py): what a client sees with
+the front door against what it sees from aiohttp alone, at the edges the differential corpus
+(tests/test_frontdoor_differential.py) does not reach: requests with no sentinel after
+them, half-closed connections, a drain with a body mid-send."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from common.hashing import content_id
+from tests.test_frontdoor_differential import Pair, _pair, _stop, get, normalise, statuses
+from tests.wire import address, edge_config, read_response, seed, start_edge
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def _answers(url: str, data: bytes, half_close: bool = False,
+                   silence: float = 2.0) -> bytes:
+    """Everything the edge sends back for `data` alone (no sentinel after it): until it
+    closes, or `silence` seconds pass without a byte."""
+    reader, writer = await asyncio.open_connection(*address(url))
+    out = bytearray()
+    try:
+        writer.write(data)
+        await writer.drain()
+        if half_close:
+            writer.write_eof()
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(1 << 16), silence)
+                except TimeoutError:
+                    out += b"<silence>"
+                    break
+                if not chunk:
+                    out += b"<closed>"
+                    break
+                out += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        out += b"<reset>"
+    finally:
+        writer.close()
+    return bytes(out)
+
+
+async def _same_alone(pair: Pair, data: bytes, half_close: bool = False) -> bytes:
+    on = await _answers(pair.on.url, data, half_close)
+    off = await _answers(pair.off.url, data, half_close)
+    assert normalise(on) == normalise(off), (data[:200], on[:600], off[:600])
+    return on
+
+
+async def test_a_malformed_request_with_nothing_after_it_is_answered_at_once(
+        tmp_path: Path) -> None:
+    """aiohttp answers a request it cannot parse with a 400 as soon as it sees it; the front
+    door waited for a CRLFCRLF that a bare-LF (or otherwise broken) head never sends, and
+    closed the connection silently after idle_timeout."""
+    pair = await _pair(tmp_path)
+    hot = pair.hot
+    try:
+        for case in (f"GET {hot} HTTP/1.1\nHost: edge\n\n".encode(),
+                     f"GET {hot} HTTP/1.1\r\nHost: edge\n\n".encode(),
+                     b"\x00\x01\x02 garbage\r\n",
+                     b"GET /\x7f HTTP/1.1\r\n"):
+            raw = await _same_alone(pair, case)
+            assert statuses(raw) == [400], (case, raw[:300])
+    finally:
+        await _stop(pair)
+
+
+async def test_a_hit_then_garbage_in_one_read_gets_aiohttps_answer(tmp_path: Path) -> None:
+    """All or nothing per read: aiohttp answers a read that holds a bad request with one 400
+    and none of the good ones before it; the front door answered the hit, then the 400."""
+    pair = await _pair(tmp_path)
+    hot = pair.hot
+    try:
+        for tail in (b"\x00\x01", b"GET / HTTP/1.1\nHost: x\n", b"BAD\x7f"):
+            await pair.same(get(hot) + get(hot) + tail, gap=0.05)
+    finally:
+        await _stop(pair)
+
+
+async def test_pipelined_hits_then_half_close_get_every_answer(tmp_path: Path) -> None:
+    pair = await _pair(tmp_path)
+    try:
+        raw = await _answers(pair.on.url, get(pair.hot) * 5, half_close=True)
+        assert statuses(raw) == [200] * 5, raw[:300]
+        assert raw.endswith(b"<closed>")
+    finally:
+        await _stop(pair)
+
+
+async def _sigterm_mid_body(tmp_path: Path, front_door: bool) -> None:
+    size = 16 << 20
+    [(path, body)] = await seed(tmp_path, size)
+    edge = await start_edge(edge_config(
+        tmp_path, f"front_door = {'true' if front_door else 'false'}\n"
+        "memory_object_bytes = 33554432"))
+    try:
+        async with aiohttp.ClientSession() as s, s.get(edge.url + path) as r:
+            assert r.status == 200 and await r.read() == body
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address(edge.url))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        writer.write(get(path))
+        status, headers, _ = await read_response(reader, head=True)
+        assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "HIT")
+        got = bytearray(await reader.readexactly(1 << 16))
+        assert edge.proc is not None
+        edge.proc.send_signal(signal.SIGTERM)  # the body is mostly still to send
+        async with asyncio.timeout(15):  # well inside the 10 s drain, read slowly
+            while len(got) < size:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+                await asyncio.sleep(0.002)
+        writer.close()
+        assert len(got) == size, f"{len(got)} of {size} bytes"
+        assert content_id(bytes(got)) == content_id(body)
+        async with asyncio.timeout(15):
+            assert await edge.proc.wait() == 0
+    finally:
+        await edge.stop(signal.SIGKILL)
+
+
+async def test_sigterm_lets_a_front_door_body_mid_send_finish(tmp_path: Path) -> None:
+    await _sigterm_mid_body(tmp_path, front_door=True)
+
+
+async def test_sigterm_lets_an_aiohttp_body_mid_send_finish(tmp_path: Path) -> None:
+    await _sigterm_mid_body(tmp_path, front_door=False)
+
+
+async def _drain_bound(tmp_path: Path, front_door: bool) -> float:
+    """Seconds from SIGTERM to exit with a connection handed to aiohttp whose client reads
+    nothing of a large answer."""
+    [(path, _)] = await seed(tmp_path, 8 << 20)
+    edge = await start_edge(edge_config(
+        tmp_path, f"front_door = {'true' if front_door else 'false'}\nsend_timeout = 120\n"
+        "memory_object_bytes = 33554432"))
+    try:
+        async with aiohttp.ClientSession() as s, s.get(edge.url + path) as r:
+            assert r.status == 200
+            await r.read()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address(edge.url))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        # A range request: aiohttp's path, and the client reads none of it.
+        writer.write(get(path, "Range: bytes=0-"))
+        status, _, _ = await read_response(reader, head=True)
+        assert status == "HTTP/1.1 200 OK"  # the whole object, by aiohttp's path
+        await asyncio.sleep(0.5)
+        assert edge.proc is not None
+        t0 = time.monotonic()
+        edge.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(90):
+            await edge.proc.wait()
+        writer.close()
+        return time.monotonic() - t0
+    finally:
+        await edge.stop(signal.SIGKILL)
+
+
+async def test_a_handed_over_connection_drains_within_the_shutdown_timeout(
+        tmp_path: Path) -> None:
+    """serve()'s shutdown_timeout (10 s) bounds aiohttp's drain, which waits it twice (for
+    the handler, then for it to end once cancelled), as without the front door. With the
+    front door no SockSite carried it, and aiohttp's runner waited its default of 60 s."""
+    took = await _drain_bound(tmp_path, front_door=True)
+    assert took < 2 * 10 + 5, took
