@@ -398,6 +398,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         tcp_nopush, measured slower here: two more setsockopt calls through uvloop.)"""
         transport.write(head)
         sock = self.sock
+        # Closing (checked by _answer, and nothing closes it since): the head was dropped.
         if sock is None or transport.get_write_buffer_size():
             return 0
         return sendfile_to(sock.fileno(), hot)

@@ -180,3 +180,22 @@ async def test_a_handed_over_connection_drains_within_the_shutdown_timeout(
     front door no SockSite carried it, and aiohttp's runner waited its default of 60 s."""
     took = await _drain_bound(tmp_path, front_door=True)
     assert took < 2 * 10 + 5, took
+
+
+async def test_a_half_closed_connection_never_gets_a_body_without_its_head(
+        tmp_path: Path) -> None:
+    """A client that sends its requests and shuts its write side: the transport is closing
+    by the time aiohttp's handler answers, so the head written to it is dropped; the body,
+    by sendfile(2) straight to the socket, went out anyway: the client read 3,000 bytes of
+    image as if they were a response."""
+    pair = await _pair(tmp_path)
+    try:
+        # Hits alone: the front door answers them all. With a miss among them the
+        # connection is aiohttp's, and so it is on the edge without the front door.
+        for url, data in ((pair.on.url, get(pair.hot) + get(pair.cold[0]) + get(pair.hot)),
+                          (pair.off.url, get(pair.hot)),
+                          (pair.off.url, get(pair.hot) * 3)):
+            raw = await _answers(url, data, half_close=True)
+            assert raw == b"<closed>" or raw.startswith(b"HTTP/1.1 "), raw[:100]
+    finally:
+        await _stop(pair)
