@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 
 from common.hashing import content_id
+from tests.helpers import ADMIN
+from tests.test_invalidation import Net, net  # noqa: F401 (the fixture)
 from tests.test_frontdoor_differential import Pair, _pair, _stop, get, normalise, statuses
 from tests.wire import address, edge_config, read_response, seed, start_edge
 
@@ -199,3 +201,104 @@ async def test_a_half_closed_connection_never_gets_a_body_without_its_head(
             assert raw == b"<closed>" or raw.startswith(b"HTTP/1.1 "), raw[:100]
     finally:
         await _stop(pair)
+
+
+async def test_hits_being_sent_then_a_miss_and_hits_in_a_later_read_keep_their_order(
+        tmp_path: Path) -> None:
+    """The front door is still sending large hits (the client reads slowly) when a read with
+    a miss, a hit and a 404 arrives: aiohttp takes the connection only once those bodies are
+    out, and every answer comes back whole and in order."""
+    (big, big_body), (cold, cold_body) = await seed(tmp_path, 1 << 20, 4000)
+    edge = await start_edge(edge_config(tmp_path, "front_door = true"))
+    missing = "/i/" + "0" * 64 + "/w640.webp"
+    try:
+        async with aiohttp.ClientSession() as s, s.get(edge.url + big) as r:
+            assert r.status == 200 and r.headers["X-Cache"] == "MISS"
+            await r.read()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address(edge.url))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        writer.write(get(big) * 3)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the front door holds the rest of the first body
+        writer.write(get(cold) + get(big) + get(missing) + get(big))
+        await writer.drain()
+        want = [(big_body, "HIT")] * 3 + [(cold_body, "MISS"), (big_body, "HIT"),
+                                          (None, None), (big_body, "HIT")]
+        async with asyncio.timeout(30):
+            for i, (body, cache) in enumerate(want):
+                status, headers, got = await read_response(reader)
+                if body is None:
+                    assert status == "HTTP/1.1 404 Not Found", i
+                else:
+                    assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", cache), i
+                    assert got == body, i
+        writer.close()
+        async with aiohttp.ClientSession() as s, s.get(edge.url + "/_admin/stats",
+                                                       headers=ADMIN) as r:
+            stats = await r.json()
+        assert stats["front_door_hits"] == 3 and stats["front_door_handoffs"] >= 1, stats
+    finally:
+        assert await edge.stop() == 0
+
+
+# -- ingest peers (ingest/peers.py) -------------------------------------------------------
+
+class _BadPeer:
+    """A TCP server at a peer's address: `hang` accepts and never answers; otherwise it
+    answers every request 200 with `body`."""
+
+    def __init__(self, body: bytes | None) -> None:
+        self.body = body
+        self.asked = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        self.asked += 1
+        try:
+            async with asyncio.timeout(60):
+                await reader.readuntil(b"\r\n\r\n")
+                if self.body is None:
+                    await reader.read()  # until the asker gives up
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(self.body), self.body))
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("body", [None, b"[1, 2]", b'{"edges": [1]}', b"not json",
+                                  b'{"edges": {"e1": 1e999}}'])
+async def test_a_purge_answers_in_time_whatever_a_peer_does(net: Net, body: bytes | None
+                                                            ) -> None:
+    peer = _BadPeer(body)
+    url = await peer.start()
+    net.write()
+    net.config.write_text(net.config.read_text().replace(
+        "[ingest]\n", f'[ingest]\npeers = ["{url}"]\n'))
+    try:
+        ingest = await net.start_ingest()
+        await net.start_edge("e1")
+        t0 = time.monotonic()
+        async with net.http.post(ingest.url + "/v1/purges", json={"ids": ["a" * 64]},
+                                 headers=ADMIN) as r:
+            assert r.status == 200, await r.text()
+            # e1 follows this replica: applied, whatever the peer said or did not say.
+            assert (await r.json())["edges"] == {"e1": "applied"}
+        assert time.monotonic() - t0 < 5 + 2 + 1  # purge_ack_seconds + the peer's slack
+        assert peer.asked >= 1
+    finally:
+        await peer.close()
