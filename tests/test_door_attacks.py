@@ -16,8 +16,8 @@ import pytest
 
 from common.hashing import content_id
 from tests.helpers import ADMIN
-from tests.test_invalidation import Net, net  # noqa: F401 (the fixture)
 from tests.test_frontdoor_differential import Pair, _pair, _stop, get, normalise, statuses
+from tests.test_invalidation import Net, net  # noqa: F401 (the fixture)
 from tests.wire import address, edge_config, read_response, seed, start_edge
 
 pytestmark = pytest.mark.timeout(180)
