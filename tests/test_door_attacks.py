@@ -282,8 +282,8 @@ class _BadPeer:
 
 @pytest.mark.parametrize("body", [None, b"[1, 2]", b'{"edges": [1]}', b"not json",
                                   b'{"edges": {"e1": 1e999}}'])
-async def test_a_purge_answers_in_time_whatever_a_peer_does(  # noqa: F811 (the fixture)
-        net: Net, body: bytes | None) -> None:
+async def test_a_purge_answers_in_time_whatever_a_peer_does(
+        net: Net, body: bytes | None) -> None:  # noqa: F811 (the fixture)
     peer = _BadPeer(body)
     url = await peer.start()
     net.write()
