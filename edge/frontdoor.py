@@ -39,6 +39,7 @@ from typing import cast
 import httptools
 
 from common.backpressure import SendLimits
+from common.transform import TRANSFORM_PREFIX
 from edge.handlers import MediaHandler
 from edge.memory import HotEntry
 from edge.sendfile import sendfile_to
@@ -52,8 +53,10 @@ MAX_HEAD = 8190
 MAX_HEADERS = 64
 HEAD_END = b"\r\n\r\n"
 # The media route with nothing yarl would decode or normalise: no %, no dot segments, no
-# query; the key is then the raw text, as aiohttp's match_info would give it.
-_MEDIA = re.compile(rb"/i/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*")
+# query; the key is then the raw text, as aiohttp's match_info would give it. Not a signed
+# transform's stored name: that is no variant (404), however hot its key is.
+_MEDIA = re.compile(rb"/i/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*/(?!" + re.escape(TRANSFORM_PREFIX.encode())
+                    + rb")[0-9A-Za-z_\-][0-9A-Za-z_.\-]*")
 # Headers that change framing, connection handling or the answer: with any of them, aiohttp
 # answers (the media handler's own fast path declines on If-None-Match and Range too).
 _DECLINE = frozenset({

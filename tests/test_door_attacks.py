@@ -6,6 +6,7 @@ them, half-closed connections, a drain with a body mid-send."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -15,9 +16,14 @@ import aiohttp
 import pytest
 
 from common.hashing import content_id
+from common.signing import sign_path
+from common.transform import parse
+from origin import keys as K
+from origin.fs import FsOrigin
 from tests.helpers import ADMIN
 from tests.test_frontdoor_differential import Pair, _pair, _stop, get, normalise, statuses
 from tests.test_invalidation import Net, net  # noqa: F401 (the fixture)
+from tests.topology import Service, env
 from tests.wire import address, edge_config, read_response, seed, start_edge
 
 pytestmark = pytest.mark.timeout(180)
@@ -302,3 +308,93 @@ async def test_a_purge_answers_in_time_whatever_a_peer_does(
         assert peer.asked >= 1
     finally:
         await peer.close()
+
+
+async def test_more_odd_heads_get_aiohttps_answers(tmp_path: Path) -> None:
+    """Heads the differential corpus lacks, each where llhttp (httptools) and aiohttp's own
+    parser might judge differently, each then followed by a plain hit."""
+    pair = await _pair(tmp_path)
+    hot = pair.hot
+    h = get(hot)
+    cases = [
+        get(hot, "X-Obs: caf\xe9".encode("latin-1").decode("latin-1")),
+        get(hot, "X!#$%&'*+-.^_`|~: 1"),
+        get(hot, "X-Empty:"),
+        get(hot, "X-Empty: "),
+        get(hot, "Host: a b"),
+        get(hot, "Host:"),
+        get(hot, "Host: edge:99999"),
+        get(hot, "X-Ctl: a\x01b"),
+        get(hot, "X-Del: a\x7fb"),
+        get(hot, "X-Trail: a "),
+        get(hot, ": novalue"),
+        get(hot, "X-Colon:: 1"),
+        f"GET  {hot} HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot}  HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot} HTTP/1.1 \r\nHost: edge\r\n\r\n".encode(),
+        f"GET\t{hot} HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot} HTTP/01.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot} http/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f" GET {hot} HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot}? HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot}; HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        f"GET {hot.upper()} HTTP/1.1\r\nHost: edge\r\n\r\n".encode(),
+        get(hot, "Connection: keep-alive", "Connection: keep-alive"),
+        get(hot, "Connection: keep-alive,"),
+        get(hot, "Connection: ,keep-alive"),
+        get(hot, "Connection: TE", "TE: trailers"),
+        get(hot, "If-Match: *"),
+        get(hot, 'If-Match: "nope"'),
+        get(hot, "If-Unmodified-Since: Mon, 01 Jan 2024 00:00:00 GMT"),
+        get(hot, "If-Modified-Since: Mon, 01 Jan 2124 00:00:00 GMT"),
+        get(hot, 'If-Range: "x"'),
+        get(hot, "Accept-Encoding: gzip, br"),
+        get(hot, "Cookie: a=b"),
+        get(hot, "Authorization: Bearer x"),
+        get(hot, "Content-Length:0"),
+        get(hot, "Transfer-Encoding:chunked") + b"0\r\n\r\n",
+        get(hot, "Transfer-Encoding: chunked\x00") + b"0\r\n\r\n",
+        get(hot, "X-Forwarded-Proto: https"),
+        get(hot, *(f"X-H{i}: v" for i in range(64))),
+        get(hot, *(f"X-H{i}: v" for i in range(128))),
+        get(hot, *(f"X-H{i}: v" for i in range(129))),
+        get(hot, "X-Long: " + "b" * 8150),
+        get(hot + "x" * 8100),
+    ]
+    try:
+        for case in cases:
+            await pair.same(case + h, gap=0.05)
+    finally:
+        await _stop(pair)
+
+
+@pytest.mark.parametrize("front_door", ["true", "false"])
+async def test_a_signed_transform_is_not_served_unsigned_once_hot(tmp_path: Path,
+                                                                  front_door: str) -> None:
+    """`/i/{id}/t-{hash}.webp` (the stored name of a signed transform, computable from a
+    common spec) is no variant: 404. Once a signed request made it hot, the hit fast paths
+    (the front door's, and the media handler's before aiohttp's routing of names) answered
+    it 200 without a signature: the same URL's answer depended on what was hot."""
+    key = "k" * 40
+    image_id, body = content_id(os.urandom(32)), os.urandom(3000)
+    name = parse("w=100").name
+    await FsOrigin(tmp_path / "origin").put(K.variant(image_id, name, "webp"), body,
+                                            "image/webp", {"blake3": content_id(body)})
+    edge = await Service(["edge", "--node", "eu-west-a", "--config",
+                          str(edge_config(tmp_path, f"front_door = {front_door}"))],
+                         env({"MEDIACDN_SIGNING_KEY": key})).start()
+    unsigned = f"/i/{image_id}/{name}.webp"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(edge.url + unsigned) as r:
+                cold = r.status
+            assert cold == 404
+            for cache in ("MISS", "HIT"):
+                async with s.get(edge.url + sign_path(key, image_id, "w=100", "webp")) as r:
+                    assert (r.status, r.headers["X-Cache"]) == (200, cache)
+                    assert await r.read() == body
+        for _ in range(2):  # a connection of its own, whose first request it is
+            async with aiohttp.ClientSession() as s, s.get(edge.url + unsigned) as r:
+                assert r.status == cold, r.headers.get("X-Cache")
+    finally:
+        assert await edge.stop() == 0
