@@ -58,7 +58,11 @@ class Front(Protocol):
     def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
                 idle_timeout: float) -> Callable[[], asyncio.Protocol]: ...
 
-    async def drain(self, grace: float) -> None: ...
+    def drain(self, grace: float) -> None:
+        """Start closing its connections: at once if idle, else once their answer is out,
+        cut after `grace` seconds."""
+
+    async def drained(self) -> None: ...
 
 
 def config_key(service: str, name: str) -> str:
@@ -134,12 +138,15 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
             if front is not None:
                 if front_server is not None:
                     front_server.close()  # stop accepting
-                # Its answers in flight finish (bounded) before the app's cleanup runs.
-                await front.drain(shutdown_timeout)
+                # Its answers in flight finish (bounded) while aiohttp's do; the app's
+                # cleanup awaits them before it closes what they send from.
+                front.drain(shutdown_timeout)
         finally:
             # Stops accepting, lets in-flight requests finish (bounded), then runs
             # cleanup_ctx.
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+            if front is not None:
+                await front.drained()
 
 

@@ -106,7 +106,8 @@ class FrontDoor:
         self.decline_all = log_hits and trusted
         self.connections: set[FrontDoorProtocol] = set()
         self.closing = False
-        self.drained: asyncio.Event | None = None  # set by drain() once none is left
+        self.draining: asyncio.Future[None] | None = None  # drain(), once started
+        self.empty: asyncio.Event | None = None  # set once draining and none is left
 
     def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
                 idle_timeout: float) -> Callable[[], asyncio.Protocol]:
@@ -114,26 +115,35 @@ class FrontDoor:
             return FrontDoorProtocol(self, inner, tls, idle_timeout)
         return make
 
-    async def drain(self, grace: float) -> None:
-        """At shutdown: idle connections still ours close at once, busy ones once their
-        current answer is out (as aiohttp's own do when the runner shuts down), waiting up
-        to `grace` seconds for them; the rest are cut. Before the app's cleanup, which closes the
-        memfds their bodies are sent from."""
+    def drain(self, grace: float) -> None:
+        """At shutdown (common/serve.py; aiohttp's own connections drain meanwhile): idle
+        connections still ours close at once, busy ones once their current answer is out
+        (as aiohttp's do when the runner shuts down), for up to `grace` seconds; the rest
+        are cut then. The app's cleanup awaits `drained()` before it closes the memfds
+        their bodies are sent from."""
+        if self.draining is None:
+            self.draining = asyncio.ensure_future(self._drain(grace))
+
+    async def drained(self) -> None:
+        if self.draining is not None:
+            await asyncio.shield(self.draining)
+
+    async def _drain(self, grace: float) -> None:
         self.closing = True
-        self.drained = asyncio.Event()
+        self.empty = asyncio.Event()
         for conn in list(self.connections):
             conn.close_when_done()
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    await self.drained.wait()
+                    await self.empty.wait()
         for conn in list(self.connections):
             conn.abort()
 
     def forget(self, conn: FrontDoorProtocol) -> None:
         self.connections.discard(conn)
-        if self.drained is not None and not self.connections:
-            self.drained.set()
+        if self.empty is not None and not self.connections:
+            self.empty.set()
 
 
 class _Partial:
