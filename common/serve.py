@@ -58,7 +58,11 @@ class Front(Protocol):
     def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
                 idle_timeout: float) -> Callable[[], asyncio.Protocol]: ...
 
-    def close_idle(self) -> None: ...
+    def drain(self, grace: float) -> None:
+        """Start closing its connections: at once if idle, else once their answer is out,
+        cut after `grace` seconds."""
+
+    async def drained(self) -> None: ...
 
 
 def config_key(service: str, name: str) -> str:
@@ -91,8 +95,10 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
     `front`: in front of aiohttp on the main listener (not the admin one)."""
     key = config_key(service, name)
     ssl_ctx = tls.server_context(listener, key)
+    # shutdown_timeout on the runner: with the front door no SockSite carries it, and
+    # aiohttp's default is 60 s (waited twice: for the handler, then for it to cancel).
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           keepalive_timeout=idle_timeout)
+                           keepalive_timeout=idle_timeout, shutdown_timeout=shutdown_timeout)
     # Handlers first: a SIGTERM right after the announce must drain, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,8 +114,7 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
         if send_timeout is not None:
             drop_stalled_clients(sock, send_timeout)
         if front is None:
-            site = web.SockSite(runner, sock, shutdown_timeout=shutdown_timeout,
-                                ssl_context=ssl_ctx)
+            site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
             await site.start()
         else:
             # aiohttp's protocol factory is public (`runner.server`); the front door drives
@@ -121,8 +126,7 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
         if listener.admin_port is not None:
             admin = await listen(listener.admin_host, listener.admin_port, reuse_port,
                                  f"{key}.admin_port")
-            await web.SockSite(runner, admin, shutdown_timeout=shutdown_timeout,
-                               ssl_context=ssl_ctx).start()
+            await web.SockSite(runner, admin, ssl_context=ssl_ctx).start()
         bound = sock.getsockname()
         scheme = "https" if ssl_ctx is not None else "http"
         announce(service, name, f"{scheme}://{bound[0]}:{bound[1]}")
@@ -130,12 +134,19 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
         await stop.wait()
         log.info("%s %s draining", service, name)
     finally:
-        if front is not None:
-            if front_server is not None:
-                front_server.close()  # stop accepting
-            front.close_idle()
-        # Stops accepting, lets in-flight requests finish (bounded), then runs cleanup_ctx.
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+        try:
+            if front is not None:
+                if front_server is not None:
+                    front_server.close()  # stop accepting
+                # Its answers in flight finish (bounded) while aiohttp's do; the app's
+                # cleanup awaits them before it closes what they send from.
+                front.drain(shutdown_timeout)
+        finally:
+            # Stops accepting, lets in-flight requests finish (bounded), then runs
+            # cleanup_ctx.
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+            if front is not None:
+                await front.drained()
 
 

@@ -96,6 +96,9 @@ def create_app(cfg: Config, node: EdgeNode, worker: int = 0,
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                door = app.get(FRONT_DOOR)
+                if door is not None:  # its answers in flight send from the memfds
+                    await door.drained()
                 await cache.close()
 
     app.cleanup_ctx.append(resources)

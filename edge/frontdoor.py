@@ -39,6 +39,7 @@ from typing import cast
 import httptools
 
 from common.backpressure import SendLimits
+from common.transform import TRANSFORM_PREFIX
 from edge.handlers import MediaHandler
 from edge.memory import HotEntry
 from edge.sendfile import sendfile_to
@@ -52,8 +53,10 @@ MAX_HEAD = 8190
 MAX_HEADERS = 64
 HEAD_END = b"\r\n\r\n"
 # The media route with nothing yarl would decode or normalise: no %, no dot segments, no
-# query; the key is then the raw text, as aiohttp's match_info would give it.
-_MEDIA = re.compile(rb"/i/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*")
+# query; the key is then the raw text, as aiohttp's match_info would give it. Not a signed
+# transform's stored name: that is no variant (404), however hot its key is.
+_MEDIA = re.compile(rb"/i/[0-9A-Za-z_\-][0-9A-Za-z_.\-]*/(?!" + re.escape(TRANSFORM_PREFIX.encode())
+                    + rb")[0-9A-Za-z_\-][0-9A-Za-z_.\-]*")
 # Headers that change framing, connection handling or the answer: with any of them, aiohttp
 # answers (the media handler's own fast path declines on If-None-Match and Range too).
 _DECLINE = frozenset({
@@ -103,6 +106,8 @@ class FrontDoor:
         self.decline_all = log_hits and trusted
         self.connections: set[FrontDoorProtocol] = set()
         self.closing = False
+        self.draining: asyncio.Future[None] | None = None  # drain(), once started
+        self.empty: asyncio.Event | None = None  # set once draining and none is left
 
     def factory(self, inner: Callable[[], asyncio.Protocol], tls: bool,
                 idle_timeout: float) -> Callable[[], asyncio.Protocol]:
@@ -110,12 +115,56 @@ class FrontDoor:
             return FrontDoorProtocol(self, inner, tls, idle_timeout)
         return make
 
-    def close_idle(self) -> None:
-        """At shutdown: connections still ours close once their current answer is out
-        (aiohttp's own close the same way when the runner shuts down)."""
+    def drain(self, grace: float) -> None:
+        """At shutdown (common/serve.py; aiohttp's own connections drain meanwhile): idle
+        connections still ours close at once, busy ones once their current answer is out
+        (as aiohttp's do when the runner shuts down), for up to `grace` seconds; the rest
+        are cut then. The app's cleanup awaits `drained()` before it closes the memfds
+        their bodies are sent from."""
+        if self.draining is None:
+            self.draining = asyncio.ensure_future(self._drain(grace))
+
+    async def drained(self) -> None:
+        if self.draining is not None:
+            await asyncio.shield(self.draining)
+
+    async def _drain(self, grace: float) -> None:
         self.closing = True
+        self.empty = asyncio.Event()
         for conn in list(self.connections):
             conn.close_when_done()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.empty.wait()
+        for conn in list(self.connections):
+            conn.abort()
+
+    def forget(self, conn: FrontDoorProtocol) -> None:
+        self.connections.discard(conn)
+        if self.empty is not None and not self.connections:
+            self.empty.set()
+
+
+class _Partial:
+    """httptools callbacks for a head that has not ended yet: did llhttp see it end?"""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def on_headers_complete(self) -> None:
+        self.ended = True
+
+
+def _broken(partial: bytes) -> bool:
+    """Whether llhttp already rejects the start of a request (or ends its head without a
+    CRLFCRLF): a fresh parser, so the connection's own sees only whole heads."""
+    seen = _Partial()
+    try:
+        httptools.HttpRequestParser(seen).feed_data(partial)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return True
+    return seen.ended
 
 
 class FrontDoorProtocol(asyncio.Protocol):
@@ -191,7 +240,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.door.connections.discard(self)
+        self.door.forget(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -241,7 +290,7 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Answer what the buffer asks, or hand the connection to aiohttp."""
-        while True:
+        while not self.close_after:  # draining: nothing more once the current answer is out
             if not self.pending:
                 if not self._validate():
                     return  # aiohttp's now
@@ -252,7 +301,7 @@ class FrontDoorProtocol(asyncio.Protocol):
             if not self.buf:
                 break
             # All answered: what arrived meanwhile is validated next.
-        if not self.buf and (self.eof or self.close_after):
+        if self.close_after or (self.eof and not self.buf):
             self._close()
 
     def _validate(self) -> bool:
@@ -275,8 +324,11 @@ class FrontDoorProtocol(asyncio.Protocol):
                 return False
             pending.append((end, hot, self.url))
             pos = end
-        if len(buf) - pos > MAX_HEAD or (self.eof and pos < len(buf)):
-            self._hand_over()  # aiohttp's to judge (and to answer or not)
+        if pos < size and (size - pos > MAX_HEAD or self.eof or _broken(buf[pos:])):
+            # aiohttp's to judge (and to answer or not). A head already broken before its
+            # CRLFCRLF (bare LF line ends, a bad byte) may never get one: aiohttp answers
+            # it with a 400 now, and with a read that holds it, none of the hits before.
+            self._hand_over()
             return False
         self.pending, self.answered = pending, 0
         return True
@@ -359,6 +411,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         tcp_nopush, measured slower here: two more setsockopt calls through uvloop.)"""
         transport.write(head)
         sock = self.sock
+        # Closing (checked by _answer, and nothing closes it since): the head was dropped.
         if sock is None or transport.get_write_buffer_size():
             return 0
         return sendfile_to(sock.fileno(), hot)
@@ -399,7 +452,7 @@ class FrontDoorProtocol(asyncio.Protocol):
         """aiohttp takes the connection from the current request's first byte on."""
         transport = self.transport
         assert transport is not None and self.inner is None and not self._blocked()
-        self.door.connections.discard(self)
+        self.door.forget(self)
         self.door.stats.front_door_handoffs += 1
         if self.timer is not None:
             self.timer.cancel()
@@ -424,6 +477,11 @@ class FrontDoorProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and self.inner is None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """The drain's time is up: cut the connection, answer or not."""
+        if self.transport is not None and self.inner is None:
+            self.transport.abort()
 
     def _idle(self) -> None:
         """aiohttp's keep-alive timer: no whole request for idle_timeout closes the

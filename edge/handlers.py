@@ -20,6 +20,7 @@ from common.backpressure import SendLimits
 from common.errors import MediaCDNError, ServiceUnavailable
 from common.forwarded import client_address
 from common.problem import from_error
+from common.transform import TRANSFORM_PREFIX
 from config.schema import Network, TranscodeConfig
 from edge.entry import cors_headers
 from edge.node import EdgeCache
@@ -53,8 +54,11 @@ class MediaHandler:
         assert cache is not None
         cache.invalidation.catch_up()  # purges by other workers or the follower, first
         info = request.match_info
-        key = f"{info['id']}/{info['name']}"
-        hot = cache.memory.get(key)
+        name = info["name"]
+        key = f"{info['id']}/{name}"
+        # A signed transform's stored name is no variant (404): never answered from memory
+        # here, where the signature is not checked.
+        hot = None if name.startswith(TRANSFORM_PREFIX) else cache.memory.get(key)
         now = int(time.time())
         if hot is not None and cache.journal.serving(self.run, now):
             headers = request.headers

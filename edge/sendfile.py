@@ -33,9 +33,11 @@ from edge.memory import HotEntry
 
 
 def send_now(transport: asyncio.Transport, hot: HotEntry) -> int:
-    """Bytes the kernel took from the memfd right away (0 if the socket is busy)."""
+    """Bytes the kernel took from the memfd right away (0 if the socket is busy, or the
+    transport is closing: it dropped the head just written, and a body sent past it
+    would reach the client as if it were a response; a half-closed client's is)."""
     sock = transport.get_extra_info("socket")
-    if sock is None or transport.get_write_buffer_size():
+    if sock is None or transport.is_closing() or transport.get_write_buffer_size():
         return 0
     return sendfile_to(sock.fileno(), hot)
 
