@@ -23,7 +23,7 @@ from typing import Any
 from config import Config, load_config
 from scripts.cli import UsageError, environ
 
-DRAIN_SECONDS = 25.0  # above a service's own bound: aiohttp waits up to 2 x its 10 s shutdown_timeout
+DRAIN_SECONDS = 25.0  # above a service's own bound: aiohttp waits 2 x its 10 s shutdown
 SUPERVISOR_ENV = "MEDIACDN_SUPERVISOR_PID"  # a child started by us ends when we do
 MAX_BACKOFF = 10.0
 
