@@ -136,3 +136,38 @@ default_region = "{next(iter(regions))}"
 def py_spy() -> str:
     """py-spy from the venv (a dev dependency) when it is not on PATH."""
     return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
+def start_nginx(tmp: Path, static: Path, port: int, cpus: str, workers: int = 1,
+                listen_extra: str = "", server_extra: str = "") -> subprocess.Popen[bytes]:
+    """nginx serving `static` as the benches' anchor: sendfile, keep-alive, the edge's
+    Cache-Control. `listen_extra` (" ssl", " reuseport") and `server_extra` (TLS lines)."""
+    conf = tmp / f"nginx-{port}.conf"
+    conf.write_text(f"""
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx-{port}.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  types {{ image/webp webp; }}
+  sendfile on;
+  tcp_nopush on;
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {tmp}/nginx-body;
+  proxy_temp_path {tmp}/nginx-proxy;
+  fastcgi_temp_path {tmp}/nginx-fcgi;
+  uwsgi_temp_path {tmp}/nginx-uwsgi;
+  scgi_temp_path {tmp}/nginx-scgi;
+  server {{
+    listen 127.0.0.1:{port}{listen_extra};
+    {server_extra}
+    root {static};
+    etag on;
+    add_header Cache-Control "public, max-age=31536000, immutable";
+  }}
+}}
+""")
+    return subprocess.Popen(["taskset", "-c", cpus, "nginx", "-c", str(conf), "-p", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -46,6 +46,9 @@ from scripts.bench.common import (
     write_bench_config,
     wrk_paths_script,
 )
+from scripts.bench.common import (
+    start_nginx as common_nginx,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "bench-admin-token-0123456789"
@@ -84,35 +87,7 @@ def start_edge(cfg: Path, cpus: str) -> subprocess.Popen[bytes]:
 
 def start_nginx(tmp: Path, static: Path, port: int, workers: int, cpus: str
                 ) -> subprocess.Popen[bytes]:
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-worker_processes {workers};
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  types {{ image/webp webp; }}
-  sendfile on;
-  tcp_nopush on;
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
-  server {{
-    listen 127.0.0.1:{port} reuseport;
-    root {static};
-    etag on;
-    add_header Cache-Control "public, max-age=31536000, immutable";
-  }}
-}}
-""")
-    proc = subprocess.Popen(["taskset", "-c", cpus, "nginx", "-c", str(conf), "-p", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc
+    return common_nginx(tmp, static, port, cpus, workers, " reuseport")
 
 
 async def warm(base: str, paths: list[str]) -> None:

@@ -36,6 +36,9 @@ from scripts.bench.common import (
     write_bench_config,
     wrk_paths_script,
 )
+from scripts.bench.common import (
+    start_nginx as common_nginx,
+)
 from tests.certs import CertAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,35 +101,7 @@ def start_nginx(tmp: Path, static: Path, port: int, tls: Tls | None) -> subproce
     ssl_lines = (f"ssl_certificate {tls.cert};\n    ssl_certificate_key {tls.key};\n"
                  "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:1m;"
                  if tls else "")
-    conf = tmp / f"nginx-{port}.conf"
-    conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  types {{ image/webp webp; }}
-  sendfile on;
-  tcp_nopush on;
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path {tmp}/nginx-body;
-  proxy_temp_path {tmp}/nginx-proxy;
-  fastcgi_temp_path {tmp}/nginx-fcgi;
-  uwsgi_temp_path {tmp}/nginx-uwsgi;
-  scgi_temp_path {tmp}/nginx-scgi;
-  server {{
-    listen 127.0.0.1:{port}{" ssl" if tls else ""};
-    {ssl_lines}
-    root {static};
-    etag on;
-    add_header Cache-Control "public, max-age=31536000, immutable";
-  }}
-}}
-""")
-    return subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return common_nginx(tmp, static, port, "0", 1, " ssl" if tls else "", ssl_lines)
 
 
 def start_edge(tmp: Path, port: int, tls: Tls | None) -> subprocess.Popen[bytes]:
