@@ -23,6 +23,7 @@ import aiohttp
 
 log = logging.getLogger("mediacdn.ingest.peers")
 INSTANCE = secrets.token_hex(8)  # this process; a replica skips questions it asked itself
+RESOLVE_SECONDS = 2.0
 ANSWER_SLACK_SECONDS = 2.0  # a peer's answer may take its wait plus this, then it is skipped
 
 
@@ -38,21 +39,25 @@ class Peers:
     async def _targets(self) -> list[tuple[str, str]]:
         """(base URL by address, the URL's host[:port]) for every address of every peer
         URL."""
-        loop = asyncio.get_running_loop()
-        out: list[tuple[str, str]] = []
-        for url in self.urls:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 2.0)
-            except (OSError, TimeoutError) as exc:
-                log.warning("ingest peer %s does not resolve: %s", url, exc)
-                continue
-            for addr in dict.fromkeys(str(info[4][0]) for info in infos):
-                shown = f"[{addr}]" if ":" in addr else addr
-                out.append((f"{parts.scheme}://{shown}:{port}", parts.netloc))
+        resolved = await asyncio.gather(*(self._resolve(url) for url in self.urls))
+        return [target for targets in resolved for target in targets]
+
+    async def _resolve(self, url: str) -> list[tuple[str, str]]:
+        # Every name at once, each under its own deadline: one slow DNS answer does not
+        # eat the purge's whole wait.
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM), RESOLVE_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            log.warning("ingest peer %s does not resolve: %s", url, exc)
+            return []
+        out = []
+        for addr in dict.fromkeys(str(info[4][0]) for info in infos):
+            shown = f"[{addr}]" if ":" in addr else addr
+            out.append((f"{parts.scheme}://{shown}:{port}", parts.netloc))
         return out
 
     async def applied(self, seq: int, region: str | None, limit: float) -> dict[str, bool]:
@@ -90,7 +95,7 @@ class Peers:
             if r.status != 200:
                 raise OSError(f"answered {r.status}")
             body = await r.json()
-        edges = body.get("edges")
-        if not isinstance(edges, dict):
-            raise ValueError("no 'edges' in the answer")
-        return {str(k): bool(v) for k, v in edges.items()}
+        edges = body.get("edges") if isinstance(body, dict) else None
+        if not isinstance(edges, dict) or not all(isinstance(v, bool) for v in edges.values()):
+            raise ValueError("no 'edges' of true/false in the answer")  # never taken as "applied"
+        return {str(k): v for k, v in edges.items()}

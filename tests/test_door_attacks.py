@@ -293,7 +293,8 @@ async def test_a_purge_answers_in_time_whatever_its_peers_do(
         net: Net) -> None:  # noqa: F811 (the fixture)
     # Five peers at once, one per misbehaviour (one topology, not five: the suite's time).
     peers = [_BadPeer(body) for body in (None, b"[1, 2]", b'{"edges": [1]}', b"not json",
-                                         b'{"edges": {"e1": 1e999}}')]
+                                         b'{"edges": {"e1": 1e999}}',
+                                         b'{"edges": {"ghost": "false"}}')]
     urls = [await peer.start() for peer in peers]
     net.write()
     listed = ", ".join(f'"{u}"' for u in urls)
