@@ -4,12 +4,18 @@ Server pinned to core 0, wrk on core 1, 64 keep-alive connections, 1,000 objects
 picked at random, all hits. Rows: nginx (sendfile; the anchor), Varnish (malloc storage, in
 front of the same nginx), a bare asyncio Protocol on uvloop answering from a dict (the
 bare-Python limit), a bare aiohttp handler from a dict, the edge with its front door off
-and on (edge.front_door); then 2 workers each on both cores. Each row: hits/s, server CPU
-per hit (utime + stime of its processes over the run), p50/p99, ratios to nginx. Also: edge
-RSS with 1,000 open connections, and 500 concurrent misses on one object. `--profile DIR`
-records the edge with py-spy during a hit run of its own (front door off, then on).
+and on (edge.front_door); then 2 workers each on both cores.
 
-    .venv/bin/python -m scripts.bench.edge [--seconds 10] [--profile DIR] [--no-two-workers]
+Every server of a group is started once, then measured in turn, once per round (--rounds):
+this box's speed drifts by tens of percent over minutes (the bare aiohttp row has moved from
+50 to 91 us per hit between runs), so each ratio is taken against the nginx measured in the
+same round, and a row reports the median over the rounds with the lowest and highest. Each
+measurement: hits/s, server CPU per hit (utime + stime of its processes), p50/p99. Also:
+edge RSS with 1,000 open connections, and 500 concurrent misses on one object.
+`--profile DIR` records the edge with py-spy during a hit run of its own (front door off,
+then on).
+
+    .venv/bin/python -m scripts.bench.edge [--seconds 8] [--rounds 3] [--profile DIR] [--no-two-workers]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import functools
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +60,8 @@ from scripts.bench.common import (
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "bench-admin-token-0123456789"
 OBJECTS, SIZE = 1000, 60 * 1024
+NGINX1, NGINX2 = "nginx (1 worker, sendfile)", "nginx (2 workers)"
+VARNISH = "varnish 7 (malloc, before nginx)"
 
 
 async def seed(origin_dir: Path, static_dir: Path) -> list[str]:
@@ -102,14 +111,21 @@ async def warm(base: str, paths: list[str]) -> None:
         await asyncio.gather(*(one(p) for p in paths))
 
 
-async def door_share(base: str) -> str:
-    """What the edge's front door answered (its counters, every worker), for the row."""
+async def door_counts(base: str) -> tuple[int, int, int]:
+    """The edge's front-door hits, all hits and hand-overs to aiohttp (every worker)."""
     await asyncio.sleep(1.2)  # workers publish their counters once a second
     async with aiohttp.ClientSession() as s, s.get(
             base + "/_admin/stats", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
         t = await r.json()
-    return (f"front door: {t['front_door_hits']:,} of {t['hits']:,} hits; "
-            f"{t['front_door_handoffs']:,} connections handed to aiohttp")
+    return t["front_door_hits"], t["hits"], t["front_door_handoffs"]
+
+
+def door_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> str:
+    """What the front door answered while wrk ran (warm-up and stats calls left out)."""
+    door, hits, handoffs = (a - b for a, b in zip(after, before, strict=True))
+    # The stats call that took `after` went to aiohttp: one hand-over that is not wrk's.
+    return (f"front door: {door:,} of {hits:,} hits while measured; "
+            f"{handoffs - 1:,} connections handed to aiohttp")
 
 
 async def warm_workers(base: str, paths: list[str], workers: int) -> None:
@@ -248,12 +264,12 @@ sub vcl_backend_response {{ set beresp.ttl = 1h; }}
 
 
 def edge_config(tmp: Path, port: int, workers: int, front_door: bool) -> Path:
-    return write_bench_config(tmp / f"bench-{workers}-{front_door}.toml", tmp,
+    return write_bench_config(tmp / f"bench-{port}.toml", tmp,
                               edges=[("bench", "bench", port)],
                               edge_settings="memory_bytes = 268435456\n"
                                             f"front_door = {str(front_door).lower()}",
                               node_settings=f"workers = {workers}",
-                              cache_root=tmp / f"cache-{workers}-{front_door}")
+                              cache_root=tmp / f"cache-{port}")
 
 
 def profile(pid: int, seconds: int, dest: Path, run: Callable[[], object]) -> Path:
@@ -282,9 +298,81 @@ def top_frames(raw: Path, cpu_us: float, n: int = 15) -> list[str]:
             for frame, c in own.most_common(n)] if total else ["  (no samples)"]
 
 
+@dataclass
+class Server:
+    """A server under test, started once and measured once per round."""
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    group: int  # workers: the rows of a group are measured in turn, against its nginx
+    door: bool = False  # an edge: its front door's counters go in the row's note
+    stop_signal: int = signal.SIGTERM
+
+
+def stop(server: Server) -> None:
+    server.proc.send_signal(server.stop_signal)
+    try:
+        server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait(5)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def measure_rounds(servers: list[Server], rounds: int, wrk: tuple[Path, int, int],
+                   cpus: str, threads: int) -> dict[str, list[Row]]:
+    """Every server once per round, in turn, so each row has an nginx row next to it in
+    time: this box's speed drifts by tens of percent over minutes, and a ratio of two rows
+    measured apart carries that drift."""
+    rows: dict[str, list[Row]] = {s.name: [] for s in servers}
+    before = {s.name: asyncio.run(door_counts(s.base)) for s in servers if s.door}
+    for r in range(rounds):
+        for s in servers:
+            row = measure(s.proc.pid, s.base, *wrk, cpus, threads)
+            rows[s.name].append(row)
+            assert row.wrk is not None
+            print(f"  round {r + 1}: {s.name:<44} {row.wrk.rps:>9,.0f} req/s  "
+                  f"CPU {row.cpu_us:6.1f} us/hit  p99 {row.wrk.p99_ms:7.2f} ms", file=sys.stderr)
+    for s in servers:
+        if s.door:
+            rows[s.name][0].note = door_share(before[s.name], asyncio.run(door_counts(s.base)))
+    return rows
+
+
+def report(rows: dict[str, list[Row]], anchor: str, notes: dict[str, str]) -> None:
+    """Each row: the median over rounds, and its ratios to the anchor of the same round
+    (median, then the range over rounds)."""
+    base = rows[anchor]
+    for name, runs in rows.items():
+        if not runs or runs[0].wrk is None:
+            print(f"{name:<44} not measured: {notes.get(name, '')}")
+            continue
+        pairs = [(r.wrk, r.cpu_us, a.wrk, a.cpu_us) for r, a in zip(runs, base, strict=True)
+                 if r.wrk is not None and a.wrk is not None]
+        rps = [w.rps for w, _, _, _ in pairs]
+        cpu = [c for _, c, _, _ in pairs]
+        p99 = [w.p99_ms for w, _, _, _ in pairs]
+        errors = sum(w.errors for w, _, _, _ in pairs)
+        ratios = {"rate": [w.rps / aw.rps for w, _, aw, _ in pairs],
+                  "CPU": [c / ac for _, c, _, ac in pairs],
+                  "p99": [w.p99_ms / aw.p99_ms for w, _, aw, _ in pairs]}
+        print(f"{name:<44} {median(rps):>9,.0f} req/s  CPU {median(cpu):6.1f} us/hit  "
+              f"p99 {median(p99):7.2f} ms  errors {errors}  | x nginx: "
+              + "  ".join(f"{k} {median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+                          for k, v in ratios.items()))
+        note = notes.get(name) or runs[0].note
+        if note:
+            print(f"{'':<44}   {note}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure every server this many times, in turn (default 3)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="also record the edge (front door off, then on) with py-spy during "
@@ -292,7 +380,7 @@ def main() -> int:
     ap.add_argument("--no-two-workers", action="store_true", help="skip the 2-worker rows")
     args = ap.parse_args()
     ensure_debian_packages("wrk", "nginx", "taskset")
-    rows: dict[str, Row] = {}
+    notes: dict[str, str] = {}
     profiles: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mediacdn-bench-") as d:
         tmp = Path(d)
@@ -302,105 +390,79 @@ def main() -> int:
         script = wrk_paths_script(paths, tmp / "paths.lua")
         wrk = (script, args.seconds, args.connections)
 
-        nginx_port = free_port()
-        nginx = start_nginx(tmp, static, nginx_port, 1, "0")
+        # One worker each, on core 0; wrk on core 1. All started, then measured in turn.
+        servers: list[Server] = []
         try:
-            nginx_base = f"http://127.0.0.1:{nginx_port}"
-            wait_http(nginx_base + paths[0])
-            rows["nginx (1 worker, sendfile)"] = measure(nginx.pid, nginx_base, *wrk, "1")
-            varnish, vbase, why = start_varnish(tmp, nginx_port, "0", paths[0])
-            if varnish is None:
-                rows["varnish 7 (malloc, before nginx)"] = Row(None, float("nan"), why)
-            else:
-                try:
-                    asyncio.run(warm(vbase, paths))
-                    rows["varnish 7 (malloc, before nginx)"] = measure(varnish.pid, vbase,
-                                                                       *wrk, "1")
-                finally:
-                    varnish.terminate()
-                    varnish.wait(20)
-        finally:
-            nginx.send_signal(signal.SIGQUIT)
-            nginx.wait(10)
-        for kind, name in (("protocol", "bare asyncio Protocol, uvloop, dict"),
-                           ("aiohttp", "bare aiohttp handler, uvloop, dict")):
-            bare, bbase = start_bare(kind, static, "0")
-            try:
-                rows[name] = measure(bare.pid, bbase, *wrk, "1")
-            finally:
-                bare.terminate()
-                bare.wait(10)
-
-        rss_idle = rss_1000 = 0.0
-        one = total = 0.0
-        origin_gets = 0
-        for front_door in (False, True):
             port = free_port()
-            edge = start_edge(edge_config(tmp, port, 1, front_door), "0")
-            base = f"http://127.0.0.1:{port}"
-            name = f"mediacdn edge, front door {'on' if front_door else 'off'}"
-            try:
-                asyncio.run(warm(base, paths))
-                rows[name] = measure(edge.pid, base, *wrk, "1")
-                rows[name].note = asyncio.run(door_share(base))
-                if args.profile is not None:
-                    args.profile.mkdir(parents=True, exist_ok=True)
-                    dest = args.profile / f"edge-front-door-{'on' if front_door else 'off'}.txt"
-                    profile(edge.pid, args.seconds, dest, functools.partial(
-                        run_wrk, base, *wrk, "1"))
-                    profiles.append(f"{name} (py-spy, {dest}), self time per frame:")
-                    profiles += top_frames(dest, rows[name].cpu_us)
-                if front_door:
-                    rss_idle = tree_rss_mib(edge.pid)
-                    rss_1000 = asyncio.run(rss_with_connections(base, edge.pid, 1000))
-                    one, total, origin_gets = asyncio.run(concurrent_misses(base, 500))
-            finally:
-                edge.send_signal(signal.SIGTERM)
-                edge.wait(20)
+            nginx = Server(NGINX1, start_nginx(tmp, static, port, 1, "0"),
+                           f"http://127.0.0.1:{port}", 1, stop_signal=signal.SIGQUIT)
+            servers.append(nginx)
+            wait_http(nginx.base + paths[0])
+            varnish, vbase, why = start_varnish(tmp, port, "0", paths[0])
+            if varnish is None:
+                notes[VARNISH] = why
+            else:
+                servers.append(Server(VARNISH, varnish, vbase, 1))
+                asyncio.run(warm(vbase, paths))
+            for kind, name in (("protocol", "bare asyncio Protocol, uvloop, dict"),
+                               ("aiohttp", "bare aiohttp handler, uvloop, dict")):
+                bare, bbase = start_bare(kind, static, "0")
+                servers.append(Server(name, bare, bbase, 1))
+            for front_door in (False, True):
+                port = free_port()
+                edge = start_edge(edge_config(tmp, port, 1, front_door), "0")
+                name = f"mediacdn edge, front door {'on' if front_door else 'off'}"
+                servers.append(Server(name, edge, f"http://127.0.0.1:{port}", 1, door=True))
+                asyncio.run(warm(servers[-1].base, paths))
+            rows = measure_rounds(servers, args.rounds, wrk, "1", 1)
+            if VARNISH not in rows:
+                rows = {NGINX1: rows[NGINX1], VARNISH: [], **rows}
+            edge_on = servers[-1]
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                for s in servers[-2:]:
+                    dest = args.profile / (s.name.replace(", ", "-").replace(" ", "-") + ".txt")
+                    cpu_us = median([r.cpu_us for r in rows[s.name]])
+                    profile(s.proc.pid, args.seconds, dest, functools.partial(
+                        run_wrk, s.base, *wrk, "1"))
+                    profiles.append(f"{s.name} (py-spy, {dest}), self time per frame:")
+                    profiles += top_frames(dest, cpu_us)
+            rss_idle = tree_rss_mib(edge_on.proc.pid)
+            rss_1000 = asyncio.run(rss_with_connections(edge_on.base, edge_on.proc.pid, 1000))
+            one, total, origin_gets = asyncio.run(concurrent_misses(edge_on.base, 500))
+        finally:
+            for s in servers:
+                stop(s)
 
+        rows2: dict[str, list[Row]] = {}
         if not args.no_two_workers:
             # Two workers each, both cores shared with wrk (-t2): the whole machine.
-            port = free_port()
-            nginx = start_nginx(tmp, static, port, 2, "0,1")
+            servers = []
             try:
-                wait_http(f"http://127.0.0.1:{port}{paths[0]}")
-                rows["nginx (2 workers)"] = measure(nginx.pid, f"http://127.0.0.1:{port}",
-                                                    *wrk, "0,1", 2)
+                port = free_port()
+                servers.append(Server(NGINX2, start_nginx(tmp, static, port, 2, "0,1"),
+                                      f"http://127.0.0.1:{port}", 2, stop_signal=signal.SIGQUIT))
+                wait_http(servers[0].base + paths[0])
+                for front_door in (False, True):
+                    port = free_port()
+                    edge = start_edge(edge_config(tmp, port, 2, front_door), "0,1")
+                    name = f"mediacdn edge, 2 workers, front door {'on' if front_door else 'off'}"
+                    servers.append(Server(name, edge, f"http://127.0.0.1:{port}", 2, door=True))
+                    asyncio.run(warm_workers(servers[-1].base, paths, 2))
+                rows2 = measure_rounds(servers, args.rounds, wrk, "0,1", 2)
             finally:
-                nginx.send_signal(signal.SIGQUIT)
-                nginx.wait(10)
-            for front_door in (False, True):
-                port2 = free_port()
-                edge2 = start_edge(edge_config(tmp, port2, 2, front_door), "0,1")
-                base2 = f"http://127.0.0.1:{port2}"
-                try:
-                    asyncio.run(warm_workers(base2, paths, 2))
-                    row = measure(edge2.pid, base2, *wrk, "0,1", 2)
-                    row.note = asyncio.run(door_share(base2))
-                    rows[f"mediacdn edge, 2 workers, front door "
-                         f"{'on' if front_door else 'off'}"] = row
-                finally:
-                    edge2.send_signal(signal.SIGTERM)
-                    edge2.wait(20)
+                for s in servers:
+                    stop(s)
 
     print(f"\nEdge hit path: {OBJECTS} objects of ~{SIZE // 1024} KB, all hits, "
           f"{args.connections} connections, server on core 0, wrk on core 1, "
-          f"{args.seconds} s each; CPU = utime+stime of the server's processes per answer; "
-          "ratios against nginx with as many workers")
-    nginx1 = rows["nginx (1 worker, sendfile)"]
-    nginx2 = rows.get("nginx (2 workers)")
-    for name, row in rows.items():
-        if row.wrk is None:
-            print(f"{name:<44} not measured: {row.note}")
-            continue
-        anchor = nginx2 if "2 workers" in name and nginx2 is not None else nginx1
-        assert anchor.wrk is not None
-        print(f"{name:<44} {row.wrk.rps:>9,.0f} req/s  CPU {row.cpu_us:6.1f} us/hit  "
-              f"p50 {row.wrk.p50_ms:6.2f} ms  p99 {row.wrk.p99_ms:7.2f} ms  "
-              f"errors {row.wrk.errors}  | x nginx: rate {row.wrk.rps / anchor.wrk.rps:.2f}  "
-              f"CPU {row.cpu_us / anchor.cpu_us:.2f}  p99 {row.wrk.p99_ms / anchor.wrk.p99_ms:.2f}")
-        if row.note:
-            print(f"{'':<44}   {row.note}")
+          f"{args.seconds} s per measurement, {args.rounds} rounds (every server measured "
+          "once per round, in turn); CPU = utime+stime of the server's processes per answer; "
+          "figures are medians over the rounds, ratios against nginx (as many workers) in "
+          "the same round: median (lowest-highest)")
+    report(rows, NGINX1, notes)
+    if rows2:
+        report(rows2, NGINX2, notes)
     print("goal (issue 13): edge front door on >= 0.8x nginx rate, CPU <= 1.3x, p99 <= 2x; "
           "2 workers >= 0.8x")
     print(f"edge RSS (front door on): {rss_idle:.0f} MiB after the run, {rss_1000:.0f} MiB "
