@@ -9,6 +9,11 @@ diskcache's least-recently-used policy turns every `get` into a SQLite write tra
     inside `set` (cull_limit=0): after a write that crosses the limit we evict the least
     recently used entries one by one, counting them (the evictions metric).
 Every method blocks: call them from the node's I/O threads, never on the event loop.
+
+Three things diskcache has no public call for (the least recently used key, a batched
+access-time update, the keys under a prefix) go to its SQLite table through a connection
+of our own (_Table), not its private `_sql`: the table's layout is diskcache's on-disk
+format, stable since 3.0, and tests/test_disk_table.py pins the columns we rely on.
 """
 
 from __future__ import annotations
@@ -34,6 +39,55 @@ ORPHAN_MIN_AGE = 120.0
 LOCK_SECONDS = 10.0
 
 
+class _Table:
+    """Our own connections to diskcache's database, one per thread as diskcache keeps
+    them: a thread waiting for SQLite's write lock must hold no lock another thread needs
+    to finish its transaction (a purge reads keys inside one). WAL, so reads never wait
+    for a writer. Opened again after a fork."""
+
+    COLUMNS = frozenset({"key", "raw", "access_time", "filename"})
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / diskcache.core.DBNAME
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
+        self._lock = threading.Lock()  # guards _opened only
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            # isolation_level=None: statements commit on their own unless we BEGIN.
+            db = sqlite3.connect(self.path, timeout=LOCK_SECONDS, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA synchronous = NORMAL")  # what diskcache runs WAL with
+            self._local.db, self._local.pid = db, os.getpid()
+            with self._lock:
+                self._opened.append((os.getpid(), db))
+        return db
+
+    def rows(self, query: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        return self._connection().execute(query, args).fetchall()
+
+    def update_many(self, statement: str, args: list[tuple[object, ...]]) -> None:
+        """All in one write transaction (one fsync, the writer lock taken once)."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(statement, args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for pid, db in opened:
+            if pid == os.getpid():  # a parent's, inherited by a fork, is not ours to close
+                db.close()
+        self._local = threading.local()
+
+
 class CorruptEntry(Exception):
     """Cached bytes that no longer hash to their recorded blake3."""
 
@@ -50,6 +104,7 @@ class DiskTier:
         self._reader = diskcache.Cache(str(directory), timeout=LOCK_SECONDS, **settings)
         self._reader.reset("eviction_policy", "none", update=False)  # local only: fast gets
         self.directory = directory
+        self._table = _Table(directory)
         self._touched: set[str] = set()
         self._lock = threading.Lock()
         self.size_limit = size_limit
@@ -84,10 +139,10 @@ class DiskTier:
         evicted = 0
         lru = "SELECT key FROM Cache WHERE raw = 1 ORDER BY access_time LIMIT 1"
         while self._writer.volume() > self.size_limit:
-            row = self._writer._sql(lru).fetchone()
-            if row is None:
+            rows = self._table.rows(lru)
+            if not rows:
                 break
-            evicted += bool(self._writer.delete(row[0]))
+            evicted += bool(self._writer.delete(rows[0][0]))
         return evicted
 
     def touch(self, key: str) -> None:
@@ -102,10 +157,8 @@ class DiskTier:
         at = time.time()
         # diskcache has no public "touch access time"; this is the UPDATE its LRU `get`
         # runs, batched. Keys are str, stored with raw=1.
-        with self._writer.transact():
-            sql = self._writer._sql
-            for key in touched:
-                sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (at, key))
+        self._table.update_many("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                                [(at, key) for key in touched])
         return len(touched)
 
     def reclaim_orphans(self, min_age: float = ORPHAN_MIN_AGE) -> int:
@@ -132,14 +185,9 @@ class DiskTier:
         return removed
 
     def _value_files(self) -> set[str]:
-        # diskcache has no public listing of its files; its table names them (relative
-        # paths). Read on a connection of our own rather than through its private `_sql`.
-        db = sqlite3.connect(self.directory / diskcache.core.DBNAME, timeout=60)
-        try:
-            rows = db.execute("SELECT filename FROM Cache WHERE filename IS NOT NULL")
-            return {str(r[0]) for r in rows}
-        finally:
-            db.close()
+        # diskcache has no public listing of its files; its table names them (relative paths).
+        rows = self._table.rows("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+        return {str(r[0]) for r in rows}
 
     def contains(self, key: str) -> bool:
         return key in self._reader
@@ -161,10 +209,8 @@ class DiskTier:
         return removed
 
     def keys_with_prefix(self, prefix: str) -> list[str]:
-        rows = self._reader._sql(
-            "SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
-            (prefix, prefix + "\uffff"),
-        ).fetchall()
+        rows = self._table.rows("SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
+                                (prefix, prefix + "\uffff"))
         return [str(r[0]) for r in rows]
 
     def clear(self) -> int:
@@ -180,6 +226,7 @@ class DiskTier:
         # A full or broken disk: recency is advisory, and closing must not fail.
         with contextlib.suppress(sqlite3.Error, OSError):
             self.flush_recency()
+        self._table.close()
         self._reader.close()
         self._writer.close()
 
