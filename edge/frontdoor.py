@@ -13,7 +13,10 @@ methods):
   header, of a path `/i/{id}/{name}` with nothing to decode, whose key is in the memory
   tier while the node serves, is answered here: exactly what the media handler answers
   with a pre-rendered HotResponse (edge/handlers.py, edge/sendfile.py), with the same
-  journal catch-up first, counters, touch and access log.
+  journal catch-up first, counters, touch and access log. A key in the disk tier only
+  (another worker's hit, or evicted from memory) is read into memory first, as the
+  handler's disk hit does (verified, not kept if a purge raced it), reading paused
+  meanwhile; then answered the same way.
 - Anything else (a miss, HEAD, a 404, a parse error, an over-long head, an odd byte) hands
   the connection to aiohttp for good, starting with that request's first byte: aiohttp sees
   exactly the bytes it would have seen, and every earlier request was answered in full
@@ -32,6 +35,7 @@ import contextlib
 import logging
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import cast
@@ -52,6 +56,8 @@ log = logging.getLogger("mediacdn.edge.access")
 MAX_HEAD = 8190
 MAX_HEADERS = 64
 HEAD_END = b"\r\n\r\n"
+# A disk read the front door waits for (the disk tier's own lock timeout is 10 s).
+LOAD_SECONDS = 10.0
 # The media route with nothing yarl would decode or normalise: no %, no dot segments, no
 # query; the key is then the raw text, as aiohttp's match_info would give it. Not a signed
 # transform's stored name: that is no variant (404), however hot its key is.
@@ -87,6 +93,21 @@ class Lookup:
         if hot is None or not cache.journal.serving(self.media.run, now):
             return None
         return hot
+
+    def serving(self, now: int) -> bool:
+        cache = self.media.cache
+        return cache is not None and cache.journal.serving(self.media.run, now)
+
+    async def load(self, key: str) -> None:
+        """Into the memory tier from the disk tier, as the media handler's disk hit does
+        (verified; not kept if a purge raced the read). Bounded: a stalled disk makes
+        the request aiohttp's, which has its own bounds, rather than hold it here."""
+        cache = self.media.cache
+        if cache is None:
+            return
+        with contextlib.suppress(TimeoutError, OSError, sqlite3.Error):
+            async with asyncio.timeout(LOAD_SECONDS):
+                await cache.from_disk(key)
 
     def touch(self, key: str) -> None:
         if self.media.cache is not None:
@@ -197,9 +218,13 @@ class FrontDoorProtocol(asyncio.Protocol):
         # Our own handle on the connection's socket, for send(MSG_MORE) and sendfile(2);
         # never on TLS. It wraps uvloop's fd without owning it: detached, never closed.
         self.raw: socket.socket | None = None
-        # Hits validated in the buffer, waiting for the client to read (offsets in buf).
-        self.pending: list[tuple[int, HotEntry, bytes]] = []
+        # Requests validated in the buffer, waiting for the client to read or for the disk
+        # tier: (end offset in buf, key, path, hot entry or None if not in memory).
+        self.pending: list[tuple[int, str, bytes, HotEntry | None]] = []
         self.answered = 0
+        self.stale = False  # we waited since the pending were looked up: look again
+        self.loading: asyncio.Task[None] | None = None  # the disk read we wait for
+        self.loaded = -1  # index in pending whose key was loaded from disk already
 
     # -- asyncio Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -293,7 +318,7 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     # -- serving -------------------------------------------------------------------------
     def _blocked(self) -> bool:
-        return self.sending is not None or self.write_paused
+        return self.sending is not None or self.write_paused or self.loading is not None
 
     def _serve(self) -> None:
         """Answer what the buffer asks, or hand the connection to aiohttp."""
@@ -312,24 +337,27 @@ class FrontDoorProtocol(asyncio.Protocol):
             self._close()
 
     def _validate(self) -> bool:
-        """Queue the complete requests in the buffer if every one is a plain hot hit;
-        otherwise aiohttp takes the connection, buffer and all (False). All or nothing,
+        """Queue the complete requests in the buffer if every one is a plain GET the front
+        door may answer (hot, or perhaps on disk); otherwise aiohttp takes the connection,
+        buffer and all (False). All or nothing,
         because aiohttp parses a read as a whole: a bad request in it discards the good
         ones before it (one 400 answers the read), so the front door must not have
         answered those."""
         buf, lookup = self.buf, self.door.lookup
         self.now = now = int(time.time())
         lookup.catch_up()  # purges by other workers or the follower, first
-        pending: list[tuple[int, HotEntry, bytes]] = []  # (end in buf, entry, path)
+        pending: list[tuple[int, str, bytes, HotEntry | None]] = []
         pos, size = 0, len(buf)
         while (end := buf.find(HEAD_END, pos)) >= 0:
             end += 4
             head = buf if end == size and pos == 0 else buf[pos:end]
-            hot = self._parse(head, now) if end - pos <= MAX_HEAD else None
-            if hot is None:
+            key = self._parse(head) if end - pos <= MAX_HEAD else None
+            if key is None or not lookup.serving(now):
                 self._hand_over()
                 return False
-            pending.append((end, hot, self.url))
+            # Not in memory: perhaps on disk (another worker's hit, or evicted from
+            # memory); looked for there when its turn comes.
+            pending.append((end, key, self.url, lookup.find(key, now)))
             pos = end
         if pos < size and (size - pos > MAX_HEAD or self.eof or _broken(buf[pos:])):
             # aiohttp's to judge (and to answer or not). A head already broken before its
@@ -337,38 +365,68 @@ class FrontDoorProtocol(asyncio.Protocol):
             # it with a 400 now, and with a read that holds it, none of the hits before.
             self._hand_over()
             return False
-        self.pending, self.answered = pending, 0
+        self.pending, self.answered, self.stale, self.loaded = pending, 0, False, -1
         return True
 
     def _answer_pending(self) -> bool:
-        """Answer the queued hits in order; False if the client must read first or
-        aiohttp took the connection. Validated once: a client that pipelines thousands of
-        requests and reads slowly costs one parse per request, not one per wait."""
-        lookup, now = self.door.lookup, self.now
-        resumed = self.answered > 0
-        if resumed:
-            self.now = now = int(time.time())
-            lookup.catch_up()  # the client took its time: purges may have come
-        pending = self.pending
-        done = pending[self.answered - 1][0] if resumed else 0  # answered up to here
+        """Answer the queued requests in order; False if the client must read first, the
+        disk tier is being read, or aiohttp took the connection. Validated once: a client
+        that pipelines thousands of requests and reads slowly costs one parse per request,
+        not one per wait."""
+        lookup = self.door.lookup
+        stale = self.stale
+        if stale:  # we waited (the client, or the disk): purges may have come meanwhile
+            self.now = int(time.time())
+            lookup.catch_up()
+            self.stale = False
+        now, pending = self.now, self.pending
+        done = pending[self.answered - 1][0] if self.answered else 0  # answered up to here
         for i in range(self.answered, len(pending)):
-            end, hot, path = pending[i]
-            if resumed and (hot.retired or lookup.find(hot.key, now) is not hot):
-                # Purged or evicted while the client was reading: aiohttp answers from
-                # here on (a miss or a disk hit), in order.
+            end, key, path, hot = pending[i]
+            if hot is None or (stale and (hot.retired or lookup.find(key, now) is not hot)):
+                hot = lookup.find(key, now)  # purged, evicted or loaded meanwhile
+            if hot is None:
+                if i != self.loaded and lookup.serving(now):
+                    # Its turn: read the disk tier, then answer from memory (or not).
+                    self.buf, self.pending = self.buf[done:], [
+                        (e - done, k, p, h) for e, k, p, h in pending[i:]]
+                    self.answered, self.loaded, self.stale = 0, 0, True
+                    self._block_reading()
+                    self.loading = self.loop.create_task(lookup.load(key))
+                    self.loading.add_done_callback(self._loaded)
+                    return False
+                # Neither in memory nor on disk (a miss), or not serving: aiohttp answers
+                # from this request on, in order.
                 self.buf, self.pending, self.answered = self.buf[done:], [], 0
                 self._hand_over()
                 return False
             self._answer(hot, path)
             done = end
             if self._blocked():
-                self.answered = i + 1
+                self.answered, self.stale = i + 1, True
                 self._block_reading()
                 return False
         self.buf, self.pending, self.answered = self.buf[done:], [], 0
         return True
 
-    def _parse(self, head: bytes, now: int) -> HotEntry | None:
+    def _loaded(self, task: asyncio.Task[None]) -> None:
+        self.loading = None
+        transport = self.transport
+        if self.inner is not None or transport is None or transport.is_closing():
+            return
+        if self.close_after and self.pending:
+            # Draining: the request we read the disk for is in flight, and is answered
+            # (from memory, or by aiohttp) as aiohttp's drain answers its own; nothing
+            # after it.
+            self.buf, self.pending = self.buf[:self.pending[0][0]], self.pending[:1]
+            if self._answer_pending() and not self._blocked():
+                self._close()
+            return
+        self._unblocked()
+
+    def _parse(self, head: bytes) -> str | None:
+        """The cache key a head asks for, if it is a plain GET the front door may answer
+        (from memory, or once loaded from disk); None: aiohttp's to answer."""
         self.names.clear()
         self.decline = False
         self.begun = self.complete = 0
@@ -383,7 +441,7 @@ class FrontDoorProtocol(asyncio.Protocol):
                 or parser.get_http_version() != "1.1" or not parser.should_keep_alive()
                 or _MEDIA.fullmatch(self.url) is None):
             return None
-        return self.door.lookup.find(self.url[3:].decode("ascii"), now)
+        return self.url[3:].decode("ascii")
 
     def _answer(self, hot: HotEntry, path: bytes) -> None:
         transport = self.transport

@@ -167,15 +167,8 @@ class EdgeCache:
         if hot is not None:
             self.disk.touch(key)
             return hot.to_entry(), True
-        try:
-            entry = await self.blocking(self.disk.get, key)
-        except CorruptEntry:
-            self.stats.disk_corrupt += 1
-            log.error("cached entry %s failed its blake3 check; dropped and refetched", key)
-            entry = None
+        entry = await self._from_disk(key, token)
         if entry is not None:
-            if self.invalidation.still_valid(key, token):  # else a purge raced the read
-                self.memory.put(entry)
             return entry, True
         if self.negative.hit(key):
             self.stats.negative_hits += 1
@@ -192,6 +185,22 @@ class EdgeCache:
             raise
         self._origin_seen(ORIGIN_OK)
         return entry, False
+
+    async def from_disk(self, key: str) -> Entry | None:
+        """The disk tier's entry for `key`, verified, and kept in the memory tier unless
+        a purge raced the read (the front door asks for this before it answers a hit)."""
+        return await self._from_disk(key, self.invalidation.token())
+
+    async def _from_disk(self, key: str, token: int) -> Entry | None:
+        try:
+            entry = await self.blocking(self.disk.get, key)
+        except CorruptEntry:
+            self.stats.disk_corrupt += 1
+            log.error("cached entry %s failed its blake3 check; dropped and refetched", key)
+            return None
+        if entry is not None and self.invalidation.still_valid(key, token):
+            self.memory.put(entry)  # else a purge raced the read: served once, not kept
+        return entry
 
     def _origin_seen(self, state: int) -> None:
         # Each time (two words of shared memory): a fill that proves the origin spares the

@@ -204,3 +204,38 @@ async def test_a_hit_leaves_as_one_segment_head_and_body_together(tmp_path: Path
         assert (await _stats(edge.url))["front_door_hits"] == 5
     finally:
         assert await edge.stop() == 0
+
+
+async def test_what_is_only_on_disk_is_answered_by_the_front_door_in_order(
+        tmp_path: Path) -> None:
+    """Another worker's hit, or an entry evicted from memory, is in the node's disk tier
+    only: the front door reads it into memory and answers it (a HIT, as aiohttp's path
+    would) instead of handing the connection to aiohttp for good."""
+    (a, body_a), (b, body_b) = await seed(tmp_path, 20_000, 30_000)
+    config = edge_config(tmp_path, "front_door = true")
+    edge = await start_edge(config)
+    try:
+        async with Polite(edge.url) as warm:
+            for path in (a, b):
+                assert (await warm.get(path))[1]["x-cache"] == "MISS"
+    finally:
+        assert await edge.stop() == 0
+    edge = await start_edge(config)  # an empty memory tier; the disk tier kept both
+    try:
+        async with Polite(edge.url) as client:
+            # Pipelined: both read from disk in turn, then from memory, answered in order.
+            client.writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                                         for p in (a, b, a, b)))
+            for body in (body_a, body_b, body_a, body_b):
+                status, headers, got = await read_response(client.reader)
+                assert (status, headers["x-cache"], got) == ("HTTP/1.1 200 OK", "HIT", body)
+            stats = await _stats(edge.url)
+            # The stats call itself is aiohttp's; the client's connection never was.
+            assert (stats["front_door_hits"], stats["front_door_handoffs"]) == (4, 1), stats
+            status, headers, _ = await client.get(f"/i/{content_id(b'none')}/w640.webp")
+            assert status == "HTTP/1.1 404 Not Found"  # a miss: aiohttp's from here on
+            status, headers, got = await client.get(a)
+            assert (status, headers["x-cache"], got) == ("HTTP/1.1 200 OK", "HIT", body_a)
+            assert (await _stats(edge.url))["front_door_handoffs"] == 3
+    finally:
+        assert await edge.stop() == 0
