@@ -62,10 +62,19 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(kust["resources"]) == files
 
 
+SECRETS = "/run/secrets/mediacdn/"  # where the workloads mount the Secret `mediacdn`
+
+
 def _configmap_toml(tmp_path: Path) -> Path:
+    """The ConfigMap's config, its key files under `tmp_path` in place of the Secret's
+    mount (what the kubelet puts there: one file per key of the Secret)."""
     (cm,) = _of_kind("ConfigMap")
+    keys = tmp_path / "secret"
+    keys.mkdir(exist_ok=True)
+    (keys / "api-key").write_text(API_KEY)
+    (keys / "admin-token").write_text(ADMIN_TOKEN)
     path = tmp_path / "mediacdn.toml"
-    path.write_text(cm["data"]["mediacdn.toml"])
+    path.write_text(cm["data"]["mediacdn.toml"].replace(SECRETS, f"{keys}/"))
     return path
 
 
@@ -108,14 +117,22 @@ def _env_names(container: dict[str, Any]) -> dict[str, Any]:
 def test_workloads_probe_run_as_non_root_and_take_secrets_from_a_secret(tmp_path: Path) -> None:
     cfg = load_config(_configmap_toml(tmp_path), ENV)
     api, admin = (cfg.secrets.first(kind) for kind in ("api_keys", "admin_tokens"))
-    assert api is not None and admin is not None and api.env and admin.env
-    needs = {"ingest": {api.env, admin.env}, "edge": {admin.env}, "router": set()}
+    assert api is not None and admin is not None
+    # Keys come as files of the mounted Secret (new ones are seen on SIGHUP, no restart);
+    # the S3 credentials as variables.
+    assert api.value == API_KEY and admin.value == ADMIN_TOKEN
+    for key in (api, admin):
+        kind, _, path = key.source.partition(" ")
+        assert kind == "file" and path.startswith(str(tmp_path / "secret")), key.source
+    needs_keys = {"ingest": True, "edge": True, "router": False}
     s3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert _workloads()
     for w in _workloads():
+        name = w["metadata"]["name"]
         pod = w["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -126,10 +143,21 @@ def test_workloads_probe_run_as_non_root_and_take_secrets_from_a_secret(tmp_path
                 {m["mountPath"] for m in c["volumeMounts"] if m["name"] == "config"}.pop())
             secret_env = {n for n, e in env.items() if "secretKeyRef" in e.get("valueFrom", {})}
             service = c["args"][0]
-            expected = needs[service] | (s3 if service != "router" else set())
-            assert secret_env == expected, f"{w['metadata']['name']}: secrets {secret_env}"
-            for name in secret_env:
-                assert "value" not in env[name], "a secret in a manifest"
+            assert secret_env == (s3 if service != "router" else set()), f"{name}: {secret_env}"
+            for var in secret_env:
+                assert "value" not in env[var], "a secret in a manifest"
+            mounts = {m["mountPath"].rstrip("/") + "/": m for m in c["volumeMounts"]}
+            if not needs_keys[service]:
+                assert SECRETS not in mounts, f"{name} needs no keys"
+                continue
+            mount = mounts[SECRETS]
+            assert mount["readOnly"] is True and "subPath" not in mount  # updated in place
+            secret = volumes[mount["name"]]["secret"]
+            # The whole Secret: a key added to it appears without a new manifest.
+            assert secret["secretName"] == "mediacdn" and "items" not in secret
+            # Readable by the image's user through its group, by nobody else.
+            assert secret["defaultMode"] == 0o440
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
 
 def test_ingest_scales_and_keeps_one_pod_through_disruptions() -> None:
