@@ -50,6 +50,7 @@ from edge.sendfile import sendfile_to
 from edge.stats import EdgeStats
 
 log = logging.getLogger("mediacdn.edge.access")
+problems = logging.getLogger("mediacdn.edge.frontdoor")
 
 # aiohttp's parser limits (max_line_size, max_field_size 8190; 128 headers): a head this
 # large, or with more headers, is aiohttp's to judge.
@@ -411,6 +412,11 @@ class FrontDoorProtocol(asyncio.Protocol):
 
     def _loaded(self, task: asyncio.Task[None]) -> None:
         self.loading = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Not a disk the tier handles (its I/O threads shut down, say): the request is
+            # aiohttp's, which reports what it finds.
+            problems.warning("reading %s from disk failed: %r",
+                        self.pending[0][1] if self.pending else "?", exc)
         transport = self.transport
         if self.inner is not None or transport is None or transport.is_closing():
             return
