@@ -124,9 +124,10 @@ async def door_counts(base: str) -> tuple[int, int, int]:
 def door_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> str:
     """What the front door answered while wrk ran (warm-up and stats calls left out)."""
     door, hits, handoffs = (a - b for a, b in zip(after, before, strict=True))
-    # The stats call that took `after` went to aiohttp: one hand-over that is not wrk's.
+    # With the front door on, the stats call that took `after` was handed to aiohttp: one
+    # hand-over that is not wrk's.
     return (f"front door: {door:,} of {hits:,} hits while measured; "
-            f"{handoffs - 1:,} connections handed to aiohttp")
+            f"{max(handoffs - 1, 0):,} connections handed to aiohttp")
 
 
 async def open_connections(base: str, n: int) -> list[tuple[asyncio.StreamReader,
