@@ -10,10 +10,11 @@ diskcache's least-recently-used policy turns every `get` into a SQLite write tra
     recently used entries one by one, counting them (the evictions metric).
 Every method blocks: call them from the node's I/O threads, never on the event loop.
 
-Three things diskcache has no public call for (the least recently used key, a batched
-access-time update, the keys under a prefix) go to its SQLite table through a connection
-of our own (_Table), not its private `_sql`: the table's layout is diskcache's on-disk
-format, stable since 3.0, and tests/test_disk_table.py pins the columns we rely on.
+Four things diskcache has no public call for (the least recently used key, a batched
+access-time update, the keys under a prefix, an entry's size) go to its SQLite table
+through a connection of our own (_Table), not its private `_sql`: the table's layout is
+diskcache's on-disk format, stable since 3.0, and tests/test_disk_table.py pins the
+columns we rely on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import diskcache
 
@@ -45,7 +48,7 @@ class _Table:
     to finish its transaction (a purge reads keys inside one). WAL, so reads never wait
     for a writer. Opened again after a fork."""
 
-    COLUMNS = frozenset({"key", "raw", "access_time", "filename"})
+    COLUMNS = frozenset({"key", "raw", "access_time", "filename", "size"})
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / diskcache.core.DBNAME
@@ -124,6 +127,18 @@ class DiskTier:
             raise CorruptEntry(key)
         self.touch(key)
         return entry
+
+    def get_to_keep(self, key: str, keeps: Callable[[int], bool]) -> Entry | None:
+        """get(), if `keeps` the entry's stored size (0 for a value small enough to live in
+        the table itself); else None, unread: the front door reads an entry only to keep it
+        in memory, and one too large for that is read by whoever answers it."""
+        try:
+            rows = self._table.rows("SELECT size FROM Cache WHERE key = ? AND raw = 1", (key,))
+        except sqlite3.Error:
+            return None
+        if not rows or not keeps(int(cast(int, rows[0][0]))):
+            return None
+        return self.get(key)
 
     def put(self, entry: Entry) -> int:
         """Store and evict to the size limit; returns how many entries were evicted."""
@@ -242,6 +257,9 @@ class NoDiskTier(DiskTier):
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Entry | None:
+        return None
+
+    def get_to_keep(self, key: str, keeps: Callable[[int], bool]) -> Entry | None:
         return None
 
     def put(self, entry: Entry) -> int:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import cast
 
 import httptools
+from aiohttp import web
 
 from common.backpressure import SendLimits
 from common.transform import TRANSFORM_PREFIX
@@ -535,8 +536,16 @@ class FrontDoorProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.inner is None and not self._blocked()
         self._let_go()
-        self.door.forget(self)
-        self.door.stats.front_door_handoffs += 1
+        door = self.door
+        # Draining: aiohttp's own shutdown began before this handler existed, so nothing of
+        # aiohttp's waits for its answer; the front door's drain does (the connection stays
+        # ours to count until it is lost), or the app's cleanup closes the cache under it.
+        draining = door.closing
+        if draining:
+            door.connections.add(self)
+        else:
+            door.forget(self)
+        door.stats.front_door_handoffs += 1
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -551,6 +560,8 @@ class FrontDoorProtocol(asyncio.Protocol):
             inner.data_received(data)
         if self.eof and not inner.eof_received():
             transport.close()
+        if draining and isinstance(inner, web.RequestHandler):
+            inner.close()  # once it answered what it was given, as aiohttp's drain does
 
     def _let_go(self) -> None:
         """Drop our handle on the socket without closing it: uvloop owns the fd (and may
@@ -569,8 +580,9 @@ class FrontDoorProtocol(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        """The drain's time is up: cut the connection, answer or not."""
-        if self.transport is not None and self.inner is None:
+        """The drain's time is up: cut the connection, answer or not (aiohttp's too, if it
+        took the connection while draining)."""
+        if self.transport is not None:
             self.transport.abort()
 
     def _idle(self) -> None:

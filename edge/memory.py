@@ -168,10 +168,12 @@ class MemoryTier:
             self._items.move_to_end(key)
         return hot
 
+    def keeps(self, size: int) -> bool:
+        """Whether put() keeps an entry of `size` bytes (room made by evicting)."""
+        return self.max_entries > 0 and size <= self.max_object_bytes and size <= self.max_bytes
+
     def put(self, entry: Entry) -> None:
-        if entry.size > self.max_object_bytes or entry.size > self.max_bytes:
-            return
-        if self.max_entries == 0:
+        if not self.keeps(entry.size):
             return
         try:
             fd = os.memfd_create(f"mediacdn:{entry.key}", os.MFD_CLOEXEC)

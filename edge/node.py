@@ -188,12 +188,17 @@ class EdgeCache:
 
     async def from_disk(self, key: str) -> Entry | None:
         """The disk tier's entry for `key`, verified, and kept in the memory tier unless
-        a purge raced the read (the front door asks for this before it answers a hit)."""
-        return await self._from_disk(key, self.invalidation.token())
+        a purge raced the read (the front door asks for this before it answers a hit).
+        None, unread, if the memory tier would not keep it: aiohttp answers that one, and
+        reads it itself (read here too, it was read twice per request)."""
+        return await self._from_disk(key, self.invalidation.token(), to_keep=True)
 
-    async def _from_disk(self, key: str, token: int) -> Entry | None:
+    async def _from_disk(self, key: str, token: int, to_keep: bool = False) -> Entry | None:
         try:
-            entry = await self.blocking(self.disk.get, key)
+            if to_keep:
+                entry = await self.blocking(self.disk.get_to_keep, key, self.memory.keeps)
+            else:
+                entry = await self.blocking(self.disk.get, key)
         except CorruptEntry:
             self.stats.disk_corrupt += 1
             log.error("cached entry %s failed its blake3 check; dropped and refetched", key)
