@@ -140,9 +140,17 @@ class DiskTier:
             return None
         return self.get(key)
 
-    def put(self, entry: Entry) -> int:
-        """Store and evict to the size limit; returns how many entries were evicted."""
-        self._writer.set(entry.key, entry.body, tag=entry.tag())
+    def put(self, entry: Entry, dropped: Callable[[], bool] | None = None) -> int | None:
+        """Store and evict to the size limit; returns how many entries were evicted, or
+        None if `dropped()` said a purge came since the entry was fetched. It is asked
+        inside the write transaction: a purge publishes before its delete takes the write
+        lock, so either it is seen here, or the row is written before the delete removes
+        it. (Checked after the write instead, a purge's delete could run first and the
+        purged row stay readable until an undo.)"""
+        with self._writer.transact():
+            if dropped is not None and dropped():
+                return None
+            self._writer.set(entry.key, entry.body, tag=entry.tag())
         if self._writer.volume() <= self.size_limit:
             return 0
         return self.evict_to_limit()
@@ -262,7 +270,7 @@ class NoDiskTier(DiskTier):
     def get_to_keep(self, key: str, keeps: Callable[[int], bool]) -> Entry | None:
         return None
 
-    def put(self, entry: Entry) -> int:
+    def put(self, entry: Entry, dropped: Callable[[], bool] | None = None) -> int | None:
         raise OSError(f"no disk tier: {self.reason}")
 
     def evict_to_limit(self) -> int:

@@ -139,6 +139,16 @@ class Journal:
             return None
         return out
 
+    def dropped_since(self, image_id: str, start: int) -> bool:
+        """Whether an entry from position `start` on drops `image_id` (a purge of it, or
+        of everything; True too if they were overwritten). Lock-free: an I/O thread asks
+        this inside the disk tier's write transaction (EdgeCache.store)."""
+        entries = self.read(start, self.count)
+        if entries is None:
+            return True
+        return any(kind != ANNOUNCE and (kind != PURGE or found == image_id)
+                   for kind, found in entries)
+
     def close(self) -> None:
         self._head.release()
         self._map.close()

@@ -6,6 +6,7 @@ Everything here is independent of HTTP; `edge.handlers` speaks HTTP around it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -244,18 +245,22 @@ class EdgeCache:
         valid = self.invalidation.still_valid
         if not valid(entry.key, token):
             return
+        # Asked again inside the disk write's transaction: a purge that lands meanwhile
+        # leaves no row behind, not even for a moment (edge/disk.py, put).
+        dropped = functools.partial(self.journal.dropped_since, entry.key.split("/", 1)[0],
+                                    token)
         try:
-            self.disk_evictions += await self.blocking(self.disk.put, entry)
+            evicted = await self.blocking(self.disk.put, entry, dropped)
         except Exception as exc:  # disk full or unwritable: serve it anyway, uncached on disk
             self.stats.disk_write_errors += 1
             log.error("could not cache %s on disk: %s", entry.key, exc,
                       extra={"error": type(exc).__name__})
-        if not valid(entry.key, token):
-            # A purge landed while the row was written: its delete may have run before our
-            # write, so undo it ourselves.
-            await self.blocking(self.disk.delete, entry.key)
-            return
-        self.memory.put(entry)
+        else:
+            if evicted is None:
+                return  # purged since the fill started
+            self.disk_evictions += evicted
+        if valid(entry.key, token):
+            self.memory.put(entry)
 
     async def purge_ids(self, ids: list[str]) -> int:
         removed = await self.invalidation.purge_ids(ids)

@@ -5,6 +5,7 @@ before an edge evicts or purges the wrong entries."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -15,6 +16,7 @@ import diskcache
 from common.hashing import content_id
 from edge.disk import DiskTier, _Table
 from edge.entry import Entry
+from edge.journal import PURGE, Journal
 
 
 def _entry(key: str, size: int = 100_000) -> Entry:
@@ -85,3 +87,41 @@ def test_recency_flushes_while_threads_store_and_purge(tmp_path: Path) -> None:
     tier.flush_recency()
     assert tier.count() == 4 * (40 - 6)  # i = 0, 7, 14, 21, 28, 35 purged in each thread
     tier.close()
+
+
+def test_a_fill_written_while_its_image_is_purged_never_leaves_a_readable_row(
+        tmp_path: Path) -> None:
+    """The race a purge must win: a fill fetched before the purge is written while the
+    purge runs (it publishes, then deletes under the write lock). Here the purge's delete
+    gets the lock first and finds no row yet; the fill's write, asked inside its own
+    transaction whether a purge came, writes nothing. Checked after the write instead (as
+    the edge did), the row was there until an undo, and any read meanwhile put the purged
+    bytes back in memory after the purge was answered."""
+    journal = Journal(tmp_path / "journal")
+    tier = DiskTier(tmp_path / "objects", 10 << 20)
+    image_id = content_id(b"purged while written")
+    entry = _entry(f"{image_id}/w320.webp")
+    token = journal.count  # the fill starts
+    # Another writer holds the lock: the fill's write waits for it.
+    blocker = sqlite3.connect(tmp_path / "objects" / diskcache.core.DBNAME,
+                              isolation_level=None, timeout=10)
+    blocker.execute("BEGIN IMMEDIATE")
+    result: list[int | None] = []
+    writer = threading.Thread(target=lambda: result.append(
+        tier.put(entry, functools.partial(journal.dropped_since, image_id, token))))
+    writer.start()
+    time.sleep(0.3)
+    journal.append([(PURGE, image_id)])  # the purge publishes...
+    blocker.execute("DELETE FROM Cache WHERE key >= ? AND key < ?",  # ...and deletes first
+                    (f"{image_id}/", f"{image_id}/\uffff"))
+    blocker.execute("COMMIT")
+    writer.join(15)
+    assert result == [None]  # not written
+    assert not tier.contains(entry.key) and tier.get(entry.key) is None
+    # A fill of another image is written as usual meanwhile.
+    other = _entry(f"{content_id(b'other')}/w320.webp")
+    assert tier.put(other, functools.partial(journal.dropped_since, other.key[:64], token)) == 0
+    assert tier.contains(other.key)
+    tier.close()
+    journal.close()
+    blocker.close()
