@@ -15,7 +15,8 @@ edge RSS with 1,000 open connections, and 500 concurrent misses on one object.
 `--profile DIR` records the edge with py-spy during a hit run of its own (front door off,
 then on).
 
-    .venv/bin/python -m scripts.bench.edge [--seconds 8] [--rounds 3] [--profile DIR] [--no-two-workers]
+    .venv/bin/python -m scripts.bench.edge [--seconds 8] [--rounds 3] [--profile DIR] \
+        [--no-two-workers]
 """
 
 from __future__ import annotations
