@@ -35,6 +35,8 @@ else
   echo "make test: S3 server = moto (started by the suite; Ceph needs root with apt, and MEDIACDN_TEST_NO_CEPH unset)"
 fi
 
-$PY -m pytest --durations=15 "$@"
+# Tests in 3 processes (MEDIACDN_TEST_WORKERS=0: one); a module marked xdist_group stays
+# in one of them (its shared services, fixed names or addresses).
+$PY -m pytest -n "${MEDIACDN_TEST_WORKERS:-3}" --dist loadgroup --durations=15 "$@"
 status=$?
 exit $status

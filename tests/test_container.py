@@ -22,7 +22,8 @@ from tests.helpers import ADMIN_TOKEN, API_KEY, ROOT
 from tests.images import jpeg, photo
 from tests.s3server import S3Server, free_port
 
-pytestmark = pytest.mark.timeout(900)
+# One worker builds and runs the image (its module fixture), under pytest-xdist too.
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("container")]
 
 TOOLS = ("buildah", "podman", "debootstrap", "runc")
 IMAGE = "localhost/mediacdn:test"

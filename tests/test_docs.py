@@ -25,6 +25,8 @@ from scripts import gen_config_doc
 from tests.helpers import ROOT
 from tests.topology import MEDIACDN, env, write_config
 
+# One worker starts the services (the module fixture), under pytest-xdist too.
+pytestmark = pytest.mark.xdist_group("docs")
 DOCS = ROOT / "docs"
 SERVICES = {"ingest": ["ingest"], "edge": ["edge", "--node", "eu-west-a"], "router": ["router"]}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",

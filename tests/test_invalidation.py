@@ -141,10 +141,13 @@ async def warm(net: Net, edge: str, paths: list[str], rounds: int = 3) -> None:
 async def race(net: Net, paths: list[str], act: Callable[[], Awaitable[None]],
                deleting: bool) -> tuple[int, list[tuple[str, int, str, int]]]:
     """8 clients GET `paths` in a loop while `act` runs and for 1 s after it returned; what
-    every GET sent after that answer got that is the old copy (a hit at least 3 s old, or
-    anything but 404 after a delete). Cached copies must be >= 3.2 s old when it starts: a
-    refill in that second shows an Age of at most 2 (whole seconds on both ends)."""
+    every GET sent after that answer got that is the old copy (anything but 404 after a
+    delete; else a hit stored before `act` started: Age >= its seconds since then + 1).
+    Cached copies must be >= 3.2 s old when it starts, so an old copy's Age is >= 2.5 +
+    those seconds, while a refill after the purge applied shows < those seconds + 1 (whole
+    seconds on both ends) however long a loaded machine takes to answer the purge."""
     answered = asyncio.Event()
+    started = 0.0  # monotonic, set just before `act`
     stale: list[tuple[str, int, str, int]] = []
     seen_after = 0
 
@@ -157,15 +160,17 @@ async def race(net: Net, paths: list[str], act: Callable[[], Awaitable[None]],
             after = answered.is_set()
             path = paths[i % len(paths)]
             status, cache, age = await net.get(net.url("e1") + path)
+            since = time.monotonic() - started  # at least the edge's own "since"
             i += 1
             if not after:
                 continue
             seen_after += 1
-            if (status != 404) if deleting else (cache == "HIT" and age >= 3):
+            if (status != 404) if deleting else (cache == "HIT" and age >= since + 1):
                 stale.append((path, status, cache, age))
 
     racers = [asyncio.create_task(racer(i)) for i in range(8)]
     await asyncio.sleep(0.3)
+    started = time.monotonic()
     await act()
     answered.set()
     await asyncio.gather(*racers)

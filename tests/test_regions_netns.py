@@ -50,7 +50,9 @@ from tests.proxy import CountingProxy
 from tests.s3server import S3Server
 from tests.topology import Service, env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
+# Fixed namespace names and addresses, one topology for the module: one xdist worker.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.xdist_group("netns")]
 
 SITE = "198.19.0.1"  # the origin site's service address
 ROUTER_PORT, INGEST_RELAY, INGEST_PORT, S3_RELAY, EDGE_PORT = 8000, 8001, 8011, 9000, 8100

@@ -16,7 +16,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from tests.helpers import ADMIN_TOKEN, API_KEY, ROOT
 from tests.topology import env, write_config
 
-pytestmark = pytest.mark.timeout(300)
+# One worker starts the services (the module fixture), under pytest-xdist too.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("schemathesis")]
 
 
 def _start(argv: list[str], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
