@@ -142,11 +142,43 @@ async def serve(app: web.Application, *, service: str, name: str, host: str, por
                 # cleanup awaits them before it closes what they send from.
                 front.drain(shutdown_timeout)
         finally:
+            # aiohttp's connections, taken before its shutdown forgets them.
+            transports = _transports(runner.server)
+            deadline = loop.time() + shutdown_timeout
             # Stops accepting, lets in-flight requests finish (bounded), then runs
             # cleanup_ctx.
             with contextlib.suppress(Exception):
                 await runner.cleanup()
             if front is not None:
                 await front.drained()
+            await _flushed(transports, deadline)
+
+
+def _transports(server: web.Server | None) -> list[asyncio.Transport]:
+    if server is None:
+        return []
+    return [h.transport for h in server.connections if h.transport is not None]
+
+
+async def _flushed(transports: list[asyncio.Transport], deadline: float) -> None:
+    """Until what aiohttp's connections buffered has reached the kernel (which sends it
+    after we exit), or the deadline. aiohttp's shutdown ends once a handler wrote its
+    last piece and closed the transport, with up to the connection's buffer limit still
+    waiting for a slow reader: exiting then cut the body's end (a clean EOF, 16-32 KB
+    short)."""
+    loop = asyncio.get_running_loop()
+    # Polled: no event says "flushed" (resume_writing is only for a paused protocol, and
+    # these are aiohttp's, closed).
+    while loop.time() < deadline:
+        if not any(_buffered(t) for t in transports):
+            return
+        await asyncio.sleep(0.02)
+
+
+def _buffered(transport: asyncio.Transport) -> int:
+    try:
+        return transport.get_write_buffer_size()
+    except Exception:  # a transport already gone holds nothing
+        return 0
 
 
