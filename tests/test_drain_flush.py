@@ -9,6 +9,7 @@ import socket
 import ssl
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from common.hashing import content_id
@@ -19,12 +20,13 @@ from tests.wire import address, edge_config, read_response, seed, start_edge
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _slow_read_after_sigterm(tmp_path: Path, tls: bool, pause_at: int) -> None:
+async def _slow_read_after_sigterm(tmp_path: Path, tls: bool, pause_at: int,
+                                   front_door: bool = False) -> None:
     """The body is read slowly; `pause_at` bytes before its end the client stops reading
     for a second (the handler has then written its last piece), then reads on."""
     size = 16 << 20
     [(path, body)] = await seed(tmp_path, size)
-    settings = "front_door = false\nmemory_object_bytes = 33554432"
+    settings = f"front_door = {str(front_door).lower()}\nmemory_object_bytes = 33554432"
     ctx = None
     if tls:
         ca = CertAuthority.create(tmp_path)
@@ -35,6 +37,10 @@ async def _slow_read_after_sigterm(tmp_path: Path, tls: bool, pause_at: int) -> 
     edge = await start_edge(edge_config(tmp_path, settings))
     try:
         host, port = address(edge.url.replace("https://", "http://"))
+        if front_door:  # a hit, for the front door to answer
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s, \
+                    s.get(edge.url + path) as r:
+                assert r.status == 200 and await r.read() == body
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
         sock.setblocking(False)
@@ -77,3 +83,7 @@ async def test_sigterm_lets_a_tls_body_mid_send_finish(tmp_path: Path) -> None:
 async def test_sigterm_lets_an_aiohttp_body_mid_send_finish_with_a_pause(
         tmp_path: Path) -> None:
     await _slow_read_after_sigterm(tmp_path, False, 1 << 20)
+
+
+async def test_sigterm_lets_a_tls_front_door_body_mid_send_finish(tmp_path: Path) -> None:
+    await _slow_read_after_sigterm(tmp_path, True, 1 << 20, front_door=True)
