@@ -8,7 +8,7 @@ Whoever purges on the node (the node's log follower, or a worker answering an ad
 appends the ids it drops, under an flock, and bumps `count`. Every worker compares `count`
 with what it last applied at the start of each request (one memory read) and drops exactly
 those ids from its hot tier, its negative cache and its in-flight fills. A worker that fell
-more than RING entries behind cannot know what it missed and drops everything.
+more than RING - MAX_APPEND entries behind cannot know what it missed and drops everything.
 
 `ready_run` says the node's follower has caught up with the log in this run of the node
 (each run has its own token), `heartbeat` that it is still alive (a stalled or dead
@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 RING = 65536
+MAX_APPEND = RING // 2  # more at once is written as one ALL
 HEADER = 64
 ENTRY = 40
 PURGE, ALL, ANNOUNCE = 1, 2, 3
@@ -114,7 +115,7 @@ class Journal:
 
     def append(self, entries: list[tuple[int, str]]) -> int:
         """Write (kind, id) entries; returns the new count. Blocking (flock)."""
-        if len(entries) > RING // 2:
+        if len(entries) > MAX_APPEND:
             entries = [(ALL, "")]  # more than a reader could keep up with: say "all"
         with self._locked():
             n = self.count
@@ -127,15 +128,18 @@ class Journal:
             return n + len(entries)
 
     def read(self, start: int, end: int) -> list[tuple[int, str]] | None:
-        """Entries [start, end); None if some were overwritten (the reader fell behind)."""
-        if end - start > RING:
+        """Entries [start, end); None if some were overwritten (the reader fell behind).
+        An append writes its entries (up to MAX_APPEND) before it moves the count: a
+        reader more than RING - MAX_APPEND behind the count may be reading slots being
+        rewritten, and cannot tell."""
+        if end - start > RING - MAX_APPEND:
             return None
         out = []
         for n in range(start, end):
             at = HEADER + (n % RING) * ENTRY
             raw = self._map[at:at + ENTRY]
             out.append((raw[0], raw[8:].hex() if raw[0] != ALL else ""))
-        if self.count - start > RING:  # overwritten while we read
+        if self.count - start > RING - MAX_APPEND:  # (being) overwritten while we read
             return None
         return out
 
