@@ -24,7 +24,7 @@ from tests.helpers import ADMIN
 from tests.test_frontdoor_differential import Pair, _pair, _stop, get, normalise, statuses
 from tests.test_invalidation import Net, net  # noqa: F401 (the fixture)
 from tests.topology import Service, env
-from tests.wire import address, edge_config, read_response, seed, start_edge
+from tests.wire import address, edge_config, read_response, read_until_quiet, seed, start_edge
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,17 +40,7 @@ async def _answers(url: str, data: bytes, half_close: bool = False,
         await writer.drain()
         if half_close:
             writer.write_eof()
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(1 << 16), silence)
-                except TimeoutError:
-                    out += b"<silence>"
-                    break
-                if not chunk:
-                    out += b"<closed>"
-                    break
-                out += chunk
+        out += await read_until_quiet(reader, silence)
     except (ConnectionResetError, BrokenPipeError):
         out += b"<reset>"
     finally:
@@ -103,50 +93,6 @@ async def test_pipelined_hits_then_half_close_get_every_answer(tmp_path: Path) -
         assert raw.endswith(b"<closed>")
     finally:
         await _stop(pair)
-
-
-async def _sigterm_mid_body(tmp_path: Path, front_door: bool) -> None:
-    size = 16 << 20
-    [(path, body)] = await seed(tmp_path, size)
-    edge = await start_edge(edge_config(
-        tmp_path, f"front_door = {'true' if front_door else 'false'}\n"
-        "memory_object_bytes = 33554432"))
-    try:
-        async with aiohttp.ClientSession() as s, s.get(edge.url + path) as r:
-            assert r.status == 200 and await r.read() == body
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, address(edge.url))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
-        writer.write(get(path))
-        status, headers, _ = await read_response(reader, head=True)
-        assert (status, headers["x-cache"]) == ("HTTP/1.1 200 OK", "HIT")
-        got = bytearray(await reader.readexactly(1 << 16))
-        assert edge.proc is not None
-        edge.proc.send_signal(signal.SIGTERM)  # the body is mostly still to send
-        async with asyncio.timeout(15):  # well inside the 10 s drain, read slowly
-            while len(got) < size:
-                chunk = await reader.read(1 << 16)
-                if not chunk:
-                    break
-                got += chunk
-                await asyncio.sleep(0.002)
-        writer.close()
-        assert len(got) == size, f"{len(got)} of {size} bytes"
-        assert content_id(bytes(got)) == content_id(body)
-        async with asyncio.timeout(15):
-            assert await edge.proc.wait() == 0
-    finally:
-        await edge.stop(signal.SIGKILL)
-
-
-async def test_sigterm_lets_a_front_door_body_mid_send_finish(tmp_path: Path) -> None:
-    await _sigterm_mid_body(tmp_path, front_door=True)
-
-
-async def test_sigterm_lets_an_aiohttp_body_mid_send_finish(tmp_path: Path) -> None:
-    await _sigterm_mid_body(tmp_path, front_door=False)
 
 
 async def _stalled(url: str, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -22,7 +22,7 @@ import pytest
 from common.hashing import content_id
 from tests.test_frontdoor_differential import get, normalise, statuses
 from tests.topology import Service
-from tests.wire import address, edge_config, read_response, seed, start_edge
+from tests.wire import address, edge_config, read_response, read_until_quiet, seed, start_edge
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -155,17 +155,7 @@ async def _answers_around_a_stall(url: str, stall: Stall, parts: tuple[bytes, ..
             await writer.drain()
         await asyncio.sleep(gap)
         await stall.release()
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(1 << 16), 2.0)
-                except TimeoutError:
-                    out += b"<silence>"
-                    break
-                if not chunk:
-                    out += b"<closed>"
-                    break
-                out += chunk
+        out += await read_until_quiet(reader, 2.0)
     except (ConnectionResetError, BrokenPipeError):
         out += b"<reset>"
     finally:

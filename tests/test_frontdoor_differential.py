@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import ADMIN
 from tests.topology import Service
-from tests.wire import address, edge_config, seed, start_edge
+from tests.wire import address, edge_config, read_until_quiet, seed, start_edge
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,17 +59,7 @@ async def exchange(url: str, parts: tuple[bytes, ...], gap: float) -> bytes:
                 await asyncio.sleep(gap)
             writer.write(part)
             await writer.drain()
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(1 << 16), SILENCE)
-                except TimeoutError:
-                    out += b"<silence>"
-                    break
-                if not chunk:
-                    out += b"<closed>"
-                    break
-                out += chunk
+        out += await read_until_quiet(reader, SILENCE)
     except (ConnectionResetError, BrokenPipeError):
         out += b"<reset>"
     finally:

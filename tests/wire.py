@@ -63,6 +63,21 @@ async def read_response(reader: asyncio.StreamReader, head: bool = False
     return status, headers, await reader.readexactly(int(headers.get("content-length", "0")))
 
 
+async def read_until_quiet(reader: asyncio.StreamReader, silence: float) -> bytes:
+    """What a connection sends until it closes ("<closed>" appended) or says nothing for
+    `silence` seconds ("<silence>"): a silence is an answer, not an error. 30 s at most."""
+    out = bytearray()
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(1 << 16), silence)
+            except TimeoutError:
+                return bytes(out + b"<silence>")
+            if not chunk:
+                return bytes(out + b"<closed>")
+            out += chunk
+
+
 class Polite:
     """One keep-alive connection that reads every answer."""
 

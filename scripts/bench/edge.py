@@ -296,6 +296,21 @@ class Server:
     stop_signal: int = signal.SIGTERM
 
 
+def start_edges(tmp: Path, workers: int, cpus: str, paths: list[str]) -> list[Server]:
+    """The edge with its front door off, then on, each warmed by one pass over `paths`, as
+    a user would warm it: with 2 workers each object lands in the memory of one of them,
+    and the other's front door reads it from the shared disk tier the first time."""
+    out = []
+    for front_door in (False, True):
+        port = free_port()
+        proc = start_edge(edge_config(tmp, port, workers, front_door), cpus)
+        name = (f"mediacdn edge, {'2 workers, ' if workers == 2 else ''}front door "
+                f"{'on' if front_door else 'off'}")
+        out.append(Server(name, proc, f"http://127.0.0.1:{port}", workers, door=True))
+        asyncio.run(warm(out[-1].base, paths))
+    return out
+
+
 def stop(server: Server) -> None:
     server.proc.send_signal(server.stop_signal)
     try:
@@ -395,12 +410,7 @@ def main() -> int:
                                ("aiohttp", "bare aiohttp handler, uvloop, dict")):
                 bare, bbase = start_bare(kind, static, "0")
                 servers.append(Server(name, bare, bbase, 1))
-            for front_door in (False, True):
-                port = free_port()
-                edge = start_edge(edge_config(tmp, port, 1, front_door), "0")
-                name = f"mediacdn edge, front door {'on' if front_door else 'off'}"
-                servers.append(Server(name, edge, f"http://127.0.0.1:{port}", 1, door=True))
-                asyncio.run(warm(servers[-1].base, paths))
+            servers += start_edges(tmp, 1, "0", paths)
             rows = measure_rounds(servers, args.rounds, wrk, "1", 1)
             if VARNISH not in rows:
                 rows = {NGINX1: rows[NGINX1], VARNISH: [], **rows}
@@ -430,15 +440,7 @@ def main() -> int:
                 servers.append(Server(NGINX2, start_nginx(tmp, static, port, 2, "0,1"),
                                       f"http://127.0.0.1:{port}", 2, stop_signal=signal.SIGQUIT))
                 wait_http(servers[0].base + paths[0])
-                for front_door in (False, True):
-                    port = free_port()
-                    edge = start_edge(edge_config(tmp, port, 2, front_door), "0,1")
-                    name = f"mediacdn edge, 2 workers, front door {'on' if front_door else 'off'}"
-                    servers.append(Server(name, edge, f"http://127.0.0.1:{port}", 2, door=True))
-                    # One pass, as a user would warm it: each object lands in the memory of
-                    # one worker; the other's front door reads it from the shared disk tier
-                    # the first time it is asked there.
-                    asyncio.run(warm(servers[-1].base, paths))
+                servers += start_edges(tmp, 2, "0,1", paths)
                 rows2 = measure_rounds(servers, args.rounds, wrk, "0,1", 2)
             finally:
                 for s in servers:
