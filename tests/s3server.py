@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,10 +35,39 @@ class S3Server:
         os.kill(self.proc.pid, signal.SIGCONT)
 
 
+# Ports for services the tests start, below the kernel's ephemeral range (32768-60999 by
+# default, where every outgoing connection takes its local port) and one slice per pytest-
+# xdist process: a port handed out and not yet bound by its service can be taken neither
+# by a client's connection nor by another process's service (both seen as a service that
+# exits without announcing its URL, in parallel runs).
+_SLICE = 3000
+_FIRST = 20000
+
+
+def _slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...; "" serial
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = _FIRST + (index % 4) * _SLICE
+    return range(start, start + _SLICE)
+
+
+_ports = _slice()
+_next = [random.randrange(len(_ports))]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of this process's slice that nothing listens on now, never the same one twice
+    in a row (each handed out in turn)."""
+    for _ in range(len(_ports)):
+        port = _ports[_next[0] % len(_ports)]
+        _next[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_ports}")
 
 
 def start_moto() -> S3Server:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +96,23 @@ class Service:
         self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.stderr: Path | None = None
 
     async def start(self) -> Service:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.prefix, *MEDIACDN, *self.argv, env=self.environ, cwd=str(ROOT),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        # Its stderr to a file (a pipe nobody reads could fill and stall it), so that a
+        # service that exits without announcing says why in the failure.
+        with tempfile.NamedTemporaryFile(prefix="mediacdn-service-", suffix=".log",
+                                         delete=False) as err:
+            self.stderr = Path(err.name)
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.prefix, *MEDIACDN, *self.argv, env=self.environ, cwd=str(ROOT),
+                stdout=asyncio.subprocess.PIPE, stderr=err)
         assert self.proc.stdout is not None
         async with asyncio.timeout(30):
             line = (await self.proc.stdout.readline()).decode().split()
-        assert len(line) == 3, f"{self.argv} announced {line}"
+        if len(line) != 3:
+            tail = Path(err.name).read_text(errors="replace")[-2000:]
+            raise AssertionError(f"{self.argv} announced {line}; its stderr ends:\n{tail}")
         self.url = line[2]
         return self
 
@@ -112,7 +121,10 @@ class Service:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)
         async with asyncio.timeout(20):
-            return await self.proc.wait()
+            code = await self.proc.wait()
+        if self.stderr is not None:
+            self.stderr.unlink(missing_ok=True)
+        return code
 
 
 async def run_cli(*argv: str, environ: dict[str, str]) -> tuple[int, str, str]:
